@@ -1,0 +1,1 @@
+"""The control plane (REST API, dashboard): built by a later issue."""

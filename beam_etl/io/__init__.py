@@ -1,0 +1,1 @@
+"""Beam IO connectors: files, SQL databases (more in later issues)."""

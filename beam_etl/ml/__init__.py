@@ -1,0 +1,1 @@
+"""Models behind the transforms (no Beam imports here)."""

@@ -1,0 +1,1 @@
+"""Operational plumbing: dead letters, run context, metrics, progress."""

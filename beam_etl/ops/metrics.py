@@ -1,0 +1,43 @@
+"""Per-step Beam metrics: records in/out/filtered/failed, batches and bytes.
+
+Counters live in the namespace ``beam_etl.<step>``; ``summarise`` turns a finished
+run's metrics into per-step counts for the run summary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+
+NAMESPACE_PREFIX = "beam_etl."
+COUNTERS = ("records_in", "records_out", "records_filtered", "records_failed", "batches_in", "bytes_in")
+
+
+class StepMetrics:
+    """The counters of one step; create inside a DoFn (``setup`` or ``__init__``)."""
+
+    def __init__(self, step: str) -> None:
+        namespace = NAMESPACE_PREFIX + step
+        self.records_in = Metrics.counter(namespace, "records_in")
+        self.records_out = Metrics.counter(namespace, "records_out")
+        self.records_filtered = Metrics.counter(namespace, "records_filtered")
+        self.records_failed = Metrics.counter(namespace, "records_failed")
+        self.batches_in = Metrics.counter(namespace, "batches_in")
+        self.bytes_in = Metrics.counter(namespace, "bytes_in")
+
+
+def summarise(result: Any) -> dict[str, dict[str, int]]:
+    """Returns ``{step: {counter: value}}`` from a PipelineResult's committed metrics."""
+    steps: dict[str, dict[str, int]] = {}
+    query = result.metrics().query(MetricsFilter())
+    for counter in query.get("counters", []):
+        namespace = counter.key.metric.namespace
+        if not namespace.startswith(NAMESPACE_PREFIX):
+            continue
+        step = namespace[len(NAMESPACE_PREFIX):]
+        value = counter.committed if counter.committed is not None else counter.attempted
+        per_step = steps.setdefault(step, {name: 0 for name in COUNTERS})
+        per_step[counter.key.metric.name] = per_step.get(counter.key.metric.name, 0) + int(value or 0)
+    return steps

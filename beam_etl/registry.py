@@ -1,0 +1,92 @@
+"""Name -> factory for sources, steps and sinks: one decorator, one table.
+
+A factory takes its validated pydantic config and a ``BuildContext`` and returns a
+PTransform. Sources are applied to the pipeline root, steps and sinks to a PCollection of
+RecordBatches; every one returns ``(output, dead_letters)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import apache_beam as beam
+from pydantic import BaseModel, ConfigDict
+
+from beam_etl.ops.context import RunContext
+
+KINDS = ("source", "step", "sink")
+_BUILTIN_MODULES = (
+    "beam_etl.io.files",
+    "beam_etl.io.sql",
+    "beam_etl.io.dlq_source",
+    "beam_etl.transforms.mapping",
+    "beam_etl.transforms.clean",
+    "beam_etl.transforms.quality",
+    "beam_etl.transforms.dedup",
+    "beam_etl.transforms.aggregate",
+)
+
+
+class StrictConfig(BaseModel):
+    """Base for every config model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildContext:
+    """What a factory may know about where its transform goes."""
+
+    step_name: str
+    run: RunContext
+
+
+Factory = Callable[[Any, BuildContext], beam.PTransform]
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    kind: str
+    name: str
+    factory: Factory
+    config_model: type[BaseModel]
+    summary: str
+
+
+_TABLE: dict[str, Entry] = {}
+
+
+def register(kind: str, name: str, config_model: type[BaseModel]) -> Callable[[Factory], Factory]:
+    """Registers ``factory`` as the builder for ``type: name`` templates."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+
+    def decorate(factory: Factory) -> Factory:
+        if name in _TABLE and _TABLE[name].factory is not factory:
+            raise ValueError(f"{kind} type {name!r} is registered twice")
+        summary = (factory.__doc__ or config_model.__doc__ or "").strip().splitlines()
+        _TABLE[name] = Entry(kind, name, factory, config_model, summary[0] if summary else "")
+        return factory
+
+    return decorate
+
+
+def load_builtins() -> None:
+    """Imports the modules whose decorators fill the table."""
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def lookup(name: str) -> Entry | None:
+    """Returns the entry for a ``type`` name, or None."""
+    load_builtins()
+    return _TABLE.get(name)
+
+
+def entries(kind: str | None = None) -> list[Entry]:
+    """All registered entries, optionally of one kind, sorted by name."""
+    load_builtins()
+    return sorted((e for e in _TABLE.values() if kind in (None, e.kind)), key=lambda e: e.name)

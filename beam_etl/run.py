@@ -1,0 +1,250 @@
+"""Command line: ``python -m beam_etl.run [--template NAME|PATH] [--set k=v] [beam options]``.
+
+With no template it runs the bundled quickstart on the sample data shipped in the package.
+Every flag this parser does not know passes through to Beam as a pipeline option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_etl import registry
+from beam_etl.build import DLQ_STEP, build_pipeline, describe_graph
+from beam_etl.ops import progress
+from beam_etl.ops.context import RunContext, new_run_id, use_run_context
+from beam_etl.ops.metrics import COUNTERS, summarise
+from beam_etl.ops.secrets import redact
+from beam_etl.spec import (
+    PipelineSpec,
+    TemplateError,
+    build_spec,
+    list_templates,
+    load_document,
+    resolve_template_path,
+)
+
+DEFAULT_TEMPLATE = "quickstart"
+DEFAULT_OUTPUT_DIR = "beam_etl_output"
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_BUDGET = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m beam_etl.run",
+        description=(
+            "Run a beam_etl pipeline template. With no --template it runs the bundled quickstart on "
+            "sample data shipped in the package. Every option not listed here passes through to Beam "
+            "as a pipeline option (e.g. --runner=DirectRunner, --direct_num_workers=2)."
+        ),
+        epilog="Examples:\n"
+        "  python -m beam_etl.run --runner=DirectRunner\n"
+        "  python -m beam_etl.run --template csv_to_parquet --set params.input=in.csv\n"
+        "  python -m beam_etl.run --template templates/quickstart.yaml --validate\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="template name in templates/ or a YAML path")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="DOTTED.KEY=VALUE",
+                        help="override a template value, e.g. params.input=in.csv or "
+                             "sources.orders.config.delimiter=';' (repeatable)")
+    parser.add_argument("--list-templates", action="store_true", help="list the bundled templates and exit")
+    parser.add_argument("--validate", action="store_true",
+                        help="check the template and print the graph without running it")
+    parser.add_argument("--output-dir", default=os.environ.get("BEAM_ETL_OUTPUT_DIR", DEFAULT_OUTPUT_DIR),
+                        help="folder for run outputs; each run writes <output-dir>/<run_id>/ (default: %(default)s)")
+    parser.add_argument("--run-id", default=None, help="use this run id instead of a generated one")
+    parser.add_argument("--quiet", action="store_true", help="print only the final summary line")
+    parser.add_argument("--log-level", default="WARNING", help="Python log level for Beam's own logs")
+    return parser
+
+
+def _template_title(path: Path) -> str:
+    try:
+        doc = load_document(path)
+    except TemplateError:
+        return "(invalid YAML)"
+    return str(doc.get("description", "")).strip().splitlines()[0] if doc.get("description") else ""
+
+
+def print_templates() -> None:
+    """Prints the bundled templates with their one-line descriptions."""
+    for path in list_templates():
+        print(f"{path.stem:28} {_template_title(path)}")
+
+
+def _beam_options(spec: PipelineSpec, beam_args: list[str]) -> PipelineOptions:
+    args = list(beam_args)
+    given = {a.split("=", 1)[0].lstrip("-") for a in args if a.startswith("--")}
+    for key, value in spec.options.items():
+        if key not in given:
+            args.append(f"--{key}={value}")
+    if "runner" not in given and "runner" not in spec.options:
+        args.append("--runner=DirectRunner")
+    return PipelineOptions(args)
+
+
+def _step_types(spec: PipelineSpec) -> dict[str, tuple[str, str]]:
+    types = {t.name: (section, t.type) for section, _, t in spec.transforms()}
+    types[DLQ_STEP] = ("sinks", spec.dlq.type)
+    return types
+
+
+def compute_totals(spec: PipelineSpec, steps: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Run totals from per-step counters: read, written, filtered, dead letters."""
+    kinds = _step_types(spec)
+    zero = dict.fromkeys(COUNTERS, 0)
+    read = written = filtered = failed = 0
+    for name, (section, _) in kinds.items():
+        counts = steps.get(name, zero)
+        if name == DLQ_STEP:
+            continue
+        failed += counts["records_failed"]
+        filtered += counts["records_filtered"]
+        if section == "sources":
+            read += counts["records_out"] + counts["records_failed"]
+        elif section == "sinks":
+            written += counts["records_out"]
+    return {"records_read": read, "records_written": written, "records_filtered": filtered,
+            "dead_letters": failed, "dead_letters_stored": steps.get(DLQ_STEP, zero)["records_out"]}
+
+
+def check_budget(spec: PipelineSpec, totals: dict[str, Any]) -> str | None:
+    """Returns a loud message when the error budget is exceeded, else None."""
+    budget = spec.error_budget
+    failed, read = totals["dead_letters"], totals["records_read"]
+    if budget.max_count is not None and failed > budget.max_count:
+        return f"error budget exceeded: {failed:,} dead letters > max_count {budget.max_count:,}"
+    if budget.max_fraction is not None and read and failed / read > budget.max_fraction:
+        return (f"error budget exceeded: {failed:,} of {read:,} records ({failed / read:.1%}) went to the DLQ, "
+                f"above max_fraction {budget.max_fraction:.1%}")
+    return None
+
+
+def format_summary(spec: PipelineSpec, steps: dict[str, dict[str, int]], totals: dict[str, Any],
+                   run: RunContext, runner: str, seconds: float) -> str:
+    """A readable per-step table and the run totals."""
+    kinds = _step_types(spec)
+    rows = [f"{'step':22} {'type':22} {'in':>10} {'out':>10} {'filtered':>9} {'dlq':>7}"]
+    for name, (section, type_name) in kinds.items():
+        c = steps.get(name)
+        if c is None:
+            continue
+        records_in = c["records_out"] + c["records_failed"] if section == "sources" else c["records_in"]
+        label = "(dead-letter sink)" if name == DLQ_STEP else name
+        rows.append(f"{label:22} {type_name:22} {records_in:>10,} {c['records_out']:>10,} "
+                    f"{c['records_filtered']:>9,} {c['records_failed']:>7,}")
+    share = totals["dead_letters"] / totals["records_read"] if totals["records_read"] else 0.0
+    rows.append("")
+    rows.append(f"records read {totals['records_read']:,} | written {totals['records_written']:,} | "
+                f"filtered {totals['records_filtered']:,} | dead letters {totals['dead_letters']:,} ({share:.1%})")
+    rows.append(f"pipeline {spec.name} | run {run.run_id} | runner {runner} | took {seconds:.1f} s")
+    rows.append(f"outputs in {run.run_dir}")
+    return "\n".join(rows)
+
+
+def _load(template: str, overrides: list[str], run: RunContext,
+          source_override: tuple[str, dict[str, Any]] | None) -> tuple[PipelineSpec, dict[str, Any], Path]:
+    path = resolve_template_path(template)
+    doc = load_document(path)
+    if source_override is not None:
+        name, replacement = source_override
+        sources = doc.get("sources") or []
+        if not any(isinstance(s, dict) and s.get("name") == name for s in sources):
+            names = [s.get("name") for s in sources if isinstance(s, dict)]
+            raise TemplateError(f"source {name!r} is not in the template; sources: {names}")
+        doc["sources"] = [{**s, **replacement, "name": name} if s.get("name") == name else s for s in sources]
+    run_vars = {"run_dir": run.run_dir, "run_id": run.run_id}
+    spec, configs = build_spec(doc, overrides, run_vars)
+    return spec, configs, path
+
+
+def run_template(template: str, overrides: list[str] | None = None, beam_args: list[str] | None = None,
+                 source_override: tuple[str, dict[str, Any]] | None = None, output_dir: str | None = None,
+                 run_id: str | None = None, validate_only: bool = False, quiet: bool = False) -> int:
+    """Loads, validates and runs a template; returns the process exit code."""
+    run_id = run_id or new_run_id()
+    root = Path(output_dir or os.environ.get("BEAM_ETL_OUTPUT_DIR", DEFAULT_OUTPUT_DIR))
+    run_dir = (root / run_id).resolve()
+    try:
+        registry.load_builtins()
+        provisional = RunContext(pipeline="?", run_id=run_id, run_dir=str(run_dir))
+        spec, configs, path = _load(template, overrides or [], provisional, source_override)
+    except TemplateError as err:
+        print(f"beam_etl: {redact(str(err))}", file=sys.stderr)
+        return EXIT_CONFIG
+    run = RunContext(pipeline=spec.name, run_id=run_id, run_dir=str(run_dir))
+    if validate_only:
+        print(f"template {path} is valid: pipeline {spec.name!r}")
+        print("\n".join(describe_graph(spec)))
+        return EXIT_OK
+    options = _beam_options(spec, beam_args or [])
+    runner = options.get_all_options().get("runner") or "DirectRunner"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    progress.reset()
+    progress.set_enabled(not quiet)
+    if not quiet:
+        print(f"beam_etl: running {spec.name!r} ({path.name}) on {runner}, run {run_id}", file=sys.stderr)
+    started = time.perf_counter()
+    summary: dict[str, Any] = {"pipeline": spec.name, "run_id": run_id, "template": str(path), "runner": runner,
+                               "overrides": [redact(o) for o in overrides or []], "run_dir": str(run_dir),
+                               "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        with use_run_context(run):
+            pipeline = beam.Pipeline(options=options)
+            build_pipeline(pipeline, spec, configs, run)
+            result = pipeline.run()
+            result.wait_until_finish()
+    except Exception as err:  # noqa: BLE001 - any failure is reported, then the run exits non-zero
+        seconds = time.perf_counter() - started
+        message = redact(f"{type(err).__name__}: {err}")
+        summary.update(status="failed", error=message, seconds=round(seconds, 3))
+        _write_summary(run_dir, summary)
+        print(f"beam_etl: run {run_id} FAILED after {seconds:.1f} s: {message}", file=sys.stderr)
+        return EXIT_FAILED
+    seconds = time.perf_counter() - started
+    steps = summarise(result)
+    totals = compute_totals(spec, steps)
+    over_budget = check_budget(spec, totals)
+    summary.update(status="failed" if over_budget else "succeeded", seconds=round(seconds, 3), totals=totals,
+                   steps=steps, error=over_budget)
+    _write_summary(run_dir, summary)
+    text = format_summary(spec, steps, totals, run, runner, seconds)
+    if quiet:
+        print(text.splitlines()[-3])
+    else:
+        print(text)
+    if over_budget:
+        print(f"\nbeam_etl: RUN FAILED: {over_budget}. Inspect with: python -m beam_etl.dlq show {run_id}",
+              file=sys.stderr)
+        return EXIT_BUDGET
+    return EXIT_OK
+
+
+def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m beam_etl.run``."""
+    args, beam_args = _parser().parse_known_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(args.log_level.upper())
+    if args.list_templates:
+        print_templates()
+        return EXIT_OK
+    return run_template(args.template, args.overrides, beam_args, output_dir=args.output_dir, run_id=args.run_id,
+                        validate_only=args.validate, quiet=args.quiet)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

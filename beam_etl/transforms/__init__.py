@@ -1,0 +1,1 @@
+"""Vectorised PTransforms over Arrow batches; each returns ``(output, dead_letters)``."""
