@@ -25,7 +25,7 @@ lint: install
 	$(PYTHON) -m ruff check .
 
 bench: install  ## benchmarks at 1M and 10M rows; writes BENCHMARKS.md (takes long)
-	$(PYTHON) benchmarks/run_benchmarks.py --rows $(BENCH_ROWS) --repeats $(BENCH_REPEATS)
+	$(PYTHON) benchmarks/run_benchmarks.py --rows $(BENCH_ROWS) --repeats $(BENCH_REPEATS) --naive-repeats 3 --skip-naive-above 2000000
 
 bench-quick: install  ## smoke-test the benchmark harness at 100k rows
 	$(PYTHON) benchmarks/run_benchmarks.py --quick

@@ -26,6 +26,10 @@ PACKAGE_DATA_DIR = Path(__file__).resolve().parent / "data"
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 _VAR_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
 _NAME_RE = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+DEFAULT_DLQ: dict[str, Any] = {
+    "type": "WriteToJsonl",
+    "config": {"path": "{{ run_dir }}/dlq/", "json_fields": ["record"]},
+}
 
 
 class TemplateError(ValueError):
@@ -327,6 +331,9 @@ def build_spec(
     variables = {"package_data": str(PACKAGE_DATA_DIR), **(run_vars or {})}
     variables.update(_substitute(params, variables, "params"))
     body = {k: v for k, v in doc.items() if k != "params"}
+    body.setdefault("dlq", DEFAULT_DLQ)
+    if body["dlq"] == {"type": "WriteToJsonl"} or body["dlq"] == {"type": "WriteToJsonl", "config": {}}:
+        body["dlq"] = DEFAULT_DLQ
     resolved = _substitute(body, variables, "")
     resolved["params"] = {k: variables[k] for k in params}
     try:

@@ -20,7 +20,7 @@ def write_events(rng: random.Random, rows: int = 600) -> dict[str, int]:
     lines, malformed = [], 0
     for i in range(rows):
         if i % 97 == 13:
-            lines.append('{"event_id": %d, "type": "click", "user": {"name": ' % i)  # truncated JSON
+            lines.append(f'{{"event_id": {i}, "type": "click", "user": {{"name": ')  # truncated JSON
             malformed += 1
             continue
         ts = start + dt.timedelta(seconds=rng.randint(0, 7 * 86400))

@@ -1,0 +1,924 @@
+"""Exact deduplication over Arrow batches: hash-partition, shuffle, keep one row per key.
+
+How it runs (one shuffle, no per-row Python)::
+
+    batches --Prepare--> (partition id, IPC bytes) --GroupByKey--> Dedup partition --> batches
+                  \\--> dead letters
+
+*Prepare* (per batch): builds the normalised key columns, drops duplicates inside the batch
+(Arrow ``group_by``), computes a stable 64-bit hash of the key (numpy, the same in every
+process) and splits the batch into ``partitions`` sub-batches by ``hash % partitions``. Each
+sub-batch travels as one Arrow IPC message (optionally compressed).
+
+*Dedup partition* (per partition id): concatenates the sub-batches in the order they arrived and
+keeps one row per key with an Arrow ``group_by`` over the **real** key values, so two keys
+whose hashes collide are never merged; the hash only picks the partition.
+
+The hashing and partitioning helpers here (``key_views``, ``hash_columns``,
+``partition_of``) are shared with ``beam_etl.transforms.aggregate``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from functools import lru_cache
+from typing import Any, Literal
+
+import apache_beam as beam
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from beam_etl import registry
+from beam_etl.batch import DEFAULT_BATCH_ROWS, batch_nbytes, concat_batches
+from beam_etl.ops.context import get_run_context
+from beam_etl.ops.dlq import DLQ_TAG
+from beam_etl.ops.metrics import StepMetrics
+from beam_etl.transforms.base import FIRST_ROW_KEY, BatchResult, run_with_row_fallback
+
+_LOG = logging.getLogger(__name__)
+
+KEEP_OPTIONS = ("first", "last", "best_quality")
+COMPRESSION_OPTIONS = ("none", "lz4", "zstd")
+QUALITY_SCORE_FIELD = "_quality_score"
+DEFAULT_PARTITIONS = 8
+MAX_PARTITIONS = 4096
+
+# Internal columns; they never leave the step.
+PART_COL = "__beam_etl_part"
+SCORE_COL = "__beam_etl_score"
+_INTERNAL = frozenset({PART_COL, SCORE_COL})
+
+# ---------------------------------------------------------------------------------------------
+# Stable 64-bit hashing of Arrow columns (numpy only, identical in every process and run).
+# ---------------------------------------------------------------------------------------------
+
+_U64 = np.uint64
+_NULL_HASH = _U64(0x6A09E667F3BCC908)
+_NAN_BITS = np.array([np.nan], dtype=np.float64).view(np.uint64)[0]
+_LEN_MULT = _U64(0x9E3779B97F4A7C15)
+_COMBINE_MULT = _U64(0xC2B2AE3D27D4EB4F)
+_POLY = 0x100000001B3  # odd, so it has an inverse modulo 2**64
+_POLY_INV = pow(_POLY, -1, 2**64)
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser over a uint64 array (wrapping arithmetic); returns a new array."""
+    x = x ^ (x >> _U64(30))
+    x *= _U64(0xBF58476D1CE4E5B9)
+    x ^= x >> _U64(27)
+    x *= _U64(0x94D049BB133111EB)
+    x ^= x >> _U64(31)
+    return x
+
+
+@lru_cache(maxsize=8)
+def _powers(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_POLY**i`` and ``_POLY_INV**i`` modulo 2**64 for ``i < size`` (size is a power of 2)."""
+    pw = np.full(size, _POLY, dtype=np.uint64)
+    pw[0] = 1
+    np.cumprod(pw, out=pw)
+    ipw = np.full(size, _POLY_INV, dtype=np.uint64)
+    ipw[0] = 1
+    np.cumprod(ipw, out=ipw)
+    return pw, ipw
+
+
+def _hash_binary(arr: pa.Array) -> np.ndarray:
+    """Polynomial hash of each string/binary value: sum(byte_j * P**j), via one cumsum."""
+    n = len(arr)
+    out = np.empty(n, dtype=np.uint64)
+    if n == 0:
+        return out
+    large = pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)
+    buffers = arr.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int64 if large else np.int32,
+                            count=arr.offset + n + 1)[arr.offset:].astype(np.int64)
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+    start = 0
+    while start < n:
+        # Rows [start, stop) whose bytes fit in one chunk (at least one row).
+        stop = int(np.searchsorted(offsets, offsets[start] + _HASH_CHUNK_BYTES, side="right")) - 1
+        stop = min(max(stop, start + 1), n)
+        base = offsets[start]
+        rel = offsets[start:stop + 1] - base
+        seg = data[base:offsets[stop]]
+        size = 1 << max(int(len(seg)).bit_length(), 10)
+        pw, ipw = _powers(size)
+        csum = np.zeros(len(seg) + 1, dtype=np.uint64)
+        np.cumsum((seg.astype(np.uint64) + _U64(1)) * pw[:len(seg)], out=csum[1:])
+        out[start:stop] = (csum[rel[1:]] - csum[rel[:-1]]) * ipw[rel[:-1]]
+        start = stop
+    out ^= np.diff(offsets).astype(np.uint64) * _LEN_MULT
+    return out
+
+
+def _numeric_bits(arr: pa.Array) -> np.ndarray:
+    """uint64 bit patterns of a numeric/temporal/boolean array (nulls arbitrary)."""
+    t = arr.type
+    if pa.types.is_boolean(t):
+        return arr.fill_null(False).to_numpy(zero_copy_only=False).astype(np.uint64)
+    if pa.types.is_floating(t):
+        vals = arr.cast(pa.float64()).fill_null(0.0).to_numpy() + 0.0  # folds -0.0 into 0.0
+        bits = vals.view(np.uint64).copy()
+        bits[np.isnan(vals)] = _NAN_BITS
+        return bits
+    if pa.types.is_integer(t):
+        vals = arr.fill_null(0).to_numpy()
+        return vals.view(np.uint64) if vals.dtype == np.uint64 else vals.astype(np.int64).view(np.uint64)
+    # temporal: hash the integer storage
+    storage = pa.int64() if t.bit_width == 64 else pa.int32()
+    return _numeric_bits(arr.view(storage))
+
+
+def hash_array(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Stable 64-bit hash of every value; equal values (of one type family) hash equal.
+
+    Integers of any width hash alike, as do float32/float64 (with -0.0 == 0.0 and one NaN).
+    Nulls hash to a fixed constant. The result does not depend on batch boundaries.
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        if arr.num_chunks == 1:
+            return hash_array(arr.chunk(0))
+        parts = [hash_array(c) for c in arr.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        dict_hash = hash_array(arr.dictionary)
+        if len(dict_hash) == 0:
+            return np.full(len(arr), _NULL_HASH, dtype=np.uint64)
+        idx = arr.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.intp)
+        h = dict_hash[idx]
+    elif pa.types.is_null(t):
+        return np.full(len(arr), _NULL_HASH, dtype=np.uint64)
+    elif (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+          or pa.types.is_large_binary(t)):
+        h = _mix64(_hash_binary(arr))
+    elif pa.types.is_string_view(t):
+        h = _mix64(_hash_binary(arr.cast(pa.string())))
+    elif pa.types.is_binary_view(t) or pa.types.is_fixed_size_binary(t):
+        h = _mix64(_hash_binary(arr.cast(pa.binary())))
+    elif pa.types.is_decimal(t):
+        h = _mix64(_hash_binary(arr.cast(pa.string())))
+    elif (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+          or pa.types.is_temporal(t)):
+        h = _mix64(_numeric_bits(arr))
+    else:  # nested and other types: hash a canonical JSON text (slow path, rare)
+        h = _mix64(_hash_binary(_json_strings(arr)))
+    if arr.null_count:
+        h[~np.asarray(arr.is_valid(), dtype=bool)] = _NULL_HASH
+    return h
+
+
+def hash_columns(columns: Sequence[pa.Array | pa.ChunkedArray], num_rows: int) -> np.ndarray:
+    """Combines the per-column hashes of a composite key into one uint64 per row."""
+    acc = np.zeros(num_rows, dtype=np.uint64)
+    for col in columns:
+        acc = _mix64(acc * _COMBINE_MULT + hash_array(col))
+    return acc
+
+
+def partition_of(hashes: np.ndarray, partitions: int) -> np.ndarray:
+    """Partition id (int64 in ``[0, partitions)``) of each hash."""
+    return (hashes % _U64(partitions)).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Key views: the normalised columns that are compared and hashed.
+# ---------------------------------------------------------------------------------------------
+
+
+def _json_strings(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return pa.array(
+        [None if v is None else json.dumps(v, sort_keys=True, default=str) for v in arr.to_pylist()],
+        type=pa.string(),
+    )
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _plain(col: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Decodes dictionaries and view types; nested values become canonical JSON text."""
+    t = col.type
+    if pa.types.is_dictionary(t):
+        return _plain(col.cast(t.value_type))
+    if pa.types.is_string_view(t):
+        return col.cast(pa.string())
+    if pa.types.is_binary_view(t):
+        return col.cast(pa.binary())
+    if pa.types.is_nested(t) or pa.types.is_union(t) or isinstance(t, pa.ExtensionType):
+        return _json_strings(col)
+    return col
+
+
+def normalise_text(col: pa.Array | pa.ChunkedArray, *, trim: bool, case_fold: bool,
+                   collapse_whitespace: bool) -> pa.Array | pa.ChunkedArray:
+    """Applies the key normalisation options to a string column (other types pass through)."""
+    if not _is_text(col.type):
+        return col
+    if collapse_whitespace:
+        col = pc.replace_substring_regex(col, pattern=r"\s+", replacement=" ")
+    if trim or collapse_whitespace:
+        col = pc.utf8_trim_whitespace(col)
+    if case_fold:
+        col = pc.utf8_lower(col)
+    return col
+
+
+def key_views(data: pa.RecordBatch | pa.Table, fields: Sequence[str], *, trim: bool = False,
+              case_fold: bool = False, collapse_whitespace: bool = False) -> list[Any]:
+    """The comparable key columns of ``data``; a missing field is an all-null column."""
+    views = []
+    for name in fields:
+        idx = data.schema.get_field_index(name)
+        if idx < 0:
+            views.append(pa.nulls(data.num_rows))
+            continue
+        col = _plain(data.column(idx))
+        views.append(normalise_text(col, trim=trim, case_fold=case_fold,
+                                    collapse_whitespace=collapse_whitespace))
+    return views
+
+
+def _valid_mask(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(col.is_valid(), dtype=bool) if not isinstance(col, pa.ChunkedArray) else \
+        np.asarray(pc.is_valid(col).combine_chunks(), dtype=bool)
+
+
+def keyed_rows(views: Sequence[Any], num_rows: int) -> np.ndarray | None:
+    """Boolean mask of rows with at least one non-null key field, or None when all have one."""
+    if not views:
+        return None
+    if any(v.null_count == 0 for v in views):
+        return None
+    mask = np.zeros(num_rows, dtype=bool)
+    for v in views:
+        mask |= _valid_mask(v)
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing the row to keep.
+# ---------------------------------------------------------------------------------------------
+
+
+def _take(col: Any, indices: np.ndarray) -> Any:
+    return col.take(pa.array(indices, type=pa.int64()))
+
+
+def _exact_winners(views: Sequence[Any], num_rows: int, func: str, rank: np.ndarray) -> np.ndarray:
+    """Row per key with the min/max ``rank``, by an Arrow ``group_by`` over the real key values."""
+    names = [f"k{i}" for i in range(len(views))]
+    table = pa.table(dict(zip(names, views, strict=True)) | {"__r": pa.array(rank)})
+    best = table.group_by(names, use_threads=True).aggregate([("__r", func)]).column(f"__r_{func}")
+    return best.to_numpy()
+
+
+def _same_keys(views: Sequence[Any], left: np.ndarray, right: np.ndarray) -> bool:
+    """True when rows ``left[i]`` and ``right[i]`` have equal key values for every i."""
+    lidx = pa.array(left, type=pa.int64())
+    ridx = pa.array(right, type=pa.int64())
+    for view in views:
+        if pa.types.is_null(view.type):
+            continue
+        a = view.take(lidx)
+        b = view.take(ridx)
+        equal = pc.fill_null(pc.equal(a, b), False)
+        if a.null_count or b.null_count:
+            equal = pc.or_(equal, pc.and_(pc.is_null(a), pc.is_null(b)))
+        if not pc.all(equal).as_py():
+            return False
+    return True
+
+
+def _first_per_hash(hashes: np.ndarray, views: Sequence[Any], order: np.ndarray | None) -> np.ndarray | None:
+    """Positions (in ``order``, or row order) of the first row per distinct key.
+
+    Candidate duplicates are found by hash (a pandas hash table over uint64, much faster than
+    a multi-column group_by); then every duplicate's key values are compared with those of the
+    row it duplicates. Returns None when two different keys share a hash (the caller then
+    groups by the real values).
+    """
+    h = hashes if order is None else hashes[order]
+    in_group = pd.Series(h, copy=False).duplicated(keep=False).to_numpy()
+    members = np.flatnonzero(in_group)
+    if len(members) == 0:
+        return np.arange(len(h), dtype=np.int64)
+    codes, _ = pd.factorize(h[members])  # codes number the hashes in order of first appearance
+    running = np.maximum.accumulate(codes)
+    first = np.empty(len(members), dtype=bool)
+    first[0] = True
+    first[1:] = running[1:] > running[:-1]
+    first_pos = members[first]
+    dups = members[~first]
+    reps = first_pos[codes[~first]]
+    if order is not None:
+        dups, reps = order[dups], order[reps]
+    if not _same_keys(views, dups, reps):
+        return None
+    kept = ~in_group
+    kept[first_pos] = True
+    return np.flatnonzero(kept)
+
+
+def select_winners(views: Sequence[Any], num_rows: int, keep: str, order: Any = None, score: Any = None,
+                   hashes: np.ndarray | None = None) -> np.ndarray:
+    """Row indices (ascending) of the one row kept per distinct key.
+
+    Rows are the same key when the real values of ``views`` are equal (nulls equal nulls);
+    the 64-bit ``hashes`` (computed when omitted) only find candidates, so a hash collision
+    never merges different keys. ``keep='first'``/``'last'``: the row with the smallest/largest
+    ``order`` value, ties (and no ``order``) broken by position, earliest/latest.
+    ``'best_quality'``: the highest ``score``, then the smallest ``order``, then the earliest
+    position. A null ``order`` or ``score`` always loses to a non-null one.
+    """
+    if num_rows == 0:
+        return np.zeros(0, dtype=np.int64)
+    if hashes is None:
+        hashes = hash_columns(views, num_rows)
+    if order is None and score is None:
+        ranked = np.arange(num_rows - 1, -1, -1, dtype=np.int64) if keep == "last" else None
+    else:
+        cols: dict[str, Any] = {}
+        sort_keys = []
+        if score is not None:
+            cols["s"] = score
+            sort_keys.append(("s", "descending"))
+        if order is not None:
+            cols["o"] = order
+            sort_keys.append(("o", "descending" if keep == "last" else "ascending"))
+        cols["p"] = pa.array(np.arange(num_rows, dtype=np.int64))
+        sort_keys.append(("p", "descending" if keep == "last" else "ascending"))
+        ranked = pc.sort_indices(pa.table(cols), sort_keys=sort_keys, null_placement="at_end").to_numpy()
+    first = _first_per_hash(hashes, views, ranked)
+    if first is not None:
+        winners = first if ranked is None else ranked[first]
+    else:  # a hash collision: group by the real key values
+        if ranked is None:
+            rank = np.arange(num_rows, dtype=np.int64)
+        else:
+            rank = np.empty(num_rows, dtype=np.int64)
+            rank[ranked] = np.arange(num_rows, dtype=np.int64)
+        best = _exact_winners(views, num_rows, "min", rank)
+        winners = best if ranked is None else ranked[best]
+    winners = np.sort(winners)
+    return winners
+
+
+def quality_scores(batch: pa.RecordBatch) -> pa.Array:
+    """``_quality_score`` as float64 when the batch has it, else the count of non-null fields."""
+    idx = batch.schema.get_field_index(QUALITY_SCORE_FIELD)
+    if idx >= 0:
+        return pc.cast(batch.column(idx), pa.float64())
+    total = np.zeros(batch.num_rows, dtype=np.float64)
+    for name, col in zip(batch.schema.names, batch.columns, strict=True):
+        if name in _INTERNAL:
+            continue
+        if col.null_count == 0:
+            total += 1.0
+        elif col.null_count < len(col):
+            total += np.asarray(col.is_valid(), dtype=bool)
+    return pa.array(total)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shuffle payloads.
+# ---------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def _ipc_options(compression: str) -> pa.ipc.IpcWriteOptions:
+    return pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
+
+
+_SHUFFLE_TYPE = b"beam_etl.shuffle_type"
+_NARROW_INTS = (pa.int8(), pa.int16(), pa.int32())
+_TEXT_TYPES = {"string": pa.string(), "binary": pa.binary(), "large_string": pa.large_string(),
+               "large_binary": pa.large_binary()}
+_INT_TYPES = {str(t): t for t in (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(),
+                                  pa.uint32(), pa.uint64())}
+
+
+def _narrow_int(col: pa.Array) -> pa.Array:
+    """The integers in the smallest signed type that holds them (no change when none is smaller)."""
+    if col.null_count == len(col):
+        return col.cast(pa.int8())
+    bounds = pc.min_max(col)
+    lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+    for t in _NARROW_INTS:
+        if t.bit_width < col.type.bit_width and -(1 << (t.bit_width - 1)) <= lo and hi < (1 << (t.bit_width - 1)):
+            return col.cast(t)
+    return col
+
+
+def _with_tag(field: pa.Field, new_type: pa.DataType, tag: str) -> pa.Field:
+    meta = dict(field.metadata or {})
+    meta[_SHUFFLE_TYPE] = tag.encode()
+    return pa.field(field.name, new_type, field.nullable, meta)
+
+
+class ShuffleEncoder:
+    """Writes slices of one batch as compact, compressed shuffle payloads.
+
+    Integer columns travel in the narrowest integer type that holds their values, and
+    string/binary columns as a lengths column plus one blob of their bytes: zstd compresses
+    lengths far better than Arrow's offsets (about 20% fewer bytes overall than plain IPC).
+    ``decode_payload`` restores the exact types.
+    Layout: IPC stream of the main columns, IPC stream of the blobs, 8-byte length of the first.
+    """
+
+    def __init__(self, batch: pa.RecordBatch, compression: str = "zstd") -> None:
+        self._options = _ipc_options(compression)
+        self._texts: list[tuple[str, pa.Array, np.ndarray]] = []
+        fields, columns = [], []
+        for field, col in zip(batch.schema, batch.columns, strict=True):
+            t = field.type
+            if pa.types.is_integer(t) and t.bit_width > 8:
+                narrow = _narrow_int(col)
+                if narrow.type != t:
+                    field, col = _with_tag(field, narrow.type, str(t)), narrow
+            elif str(t) in _TEXT_TYPES and len(col):
+                large = pa.types.is_large_string(t) or pa.types.is_large_binary(t)
+                offsets = np.frombuffer(col.buffers()[1], dtype=np.int64 if large else np.int32,
+                                        count=col.offset + len(col) + 1)[col.offset:]
+                lengths = _narrow_int(pc.binary_length(col))
+                self._texts.append((field.name, col, offsets))
+                field, col = _with_tag(field, lengths.type, str(t)), lengths
+            fields.append(field)
+            columns.append(col)
+        self._batch = pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields, batch.schema.metadata))
+        if self._texts:
+            self._blob_schema = pa.schema([(name, pa.large_binary()) for name, _, _ in self._texts])
+
+    def payload(self, start: int, length: int) -> bytes:
+        sink = pa.BufferOutputStream()
+        part = self._batch.slice(start, length)
+        with pa.ipc.new_stream(sink, part.schema, options=self._options) as writer:
+            writer.write_batch(part)
+        main_size = sink.tell()
+        if self._texts:
+            blobs = []
+            for _, col, offsets in self._texts:
+                data = col.buffers()[2]
+                lo, hi = int(offsets[start]), int(offsets[start + length])
+                blob = data[lo:hi] if data is not None else pa.py_buffer(b"")
+                blobs.append(pa.Array.from_buffers(pa.large_binary(), 1, [
+                    None, pa.py_buffer(np.array([0, hi - lo], dtype=np.int64)), blob]))
+            with pa.ipc.new_stream(sink, self._blob_schema, options=self._options) as writer:
+                writer.write_batch(pa.RecordBatch.from_arrays(blobs, schema=self._blob_schema))
+        sink.write(main_size.to_bytes(8, "little"))
+        return sink.getvalue().to_pybytes()
+
+
+def encode_payload(batch: pa.RecordBatch, compression: str = "zstd") -> bytes:
+    """One batch as one shuffle payload (see ``ShuffleEncoder``)."""
+    return ShuffleEncoder(batch, compression).payload(0, batch.num_rows)
+
+
+def _read_stream(buf: pa.Buffer, names: Sequence[str] | None) -> pa.RecordBatch:
+    if names is None:
+        return pa.ipc.open_stream(buf).read_next_batch()
+    schema = pa.ipc.open_stream(buf).schema
+    fields = [i for i, name in enumerate(schema.names) if name in names]
+    return pa.ipc.open_stream(buf, options=pa.ipc.IpcReadOptions(included_fields=fields)).read_next_batch()
+
+
+def decode_payload(payload: bytes, names: Sequence[str] | None = None) -> pa.RecordBatch:
+    """Inverse of ``ShuffleEncoder.payload``; ``names`` reads (and decompresses) only those columns."""
+    buf = pa.py_buffer(payload)
+    main_size = int.from_bytes(payload[-8:], "little")
+    main = _read_stream(buf.slice(0, main_size), names)
+    tags = {f.name: f.metadata[_SHUFFLE_TYPE].decode() for f in main.schema
+            if f.metadata and _SHUFFLE_TYPE in f.metadata}
+    if not tags:
+        return main
+    texts = [name for name, tag in tags.items() if tag in _TEXT_TYPES]
+    blobs = _read_stream(buf.slice(main_size, len(payload) - 8 - main_size), texts) if texts else None
+    fields, columns = [], []
+    for field, col in zip(main.schema, main.columns, strict=True):
+        tag = tags.get(field.name)
+        if tag in _INT_TYPES:
+            col = col.cast(_INT_TYPES[tag])
+        elif tag in _TEXT_TYPES:
+            t = _TEXT_TYPES[tag]
+            large = pa.types.is_large_string(t) or pa.types.is_large_binary(t)
+            offsets = np.zeros(len(col) + 1, dtype=np.int64 if large else np.int32)
+            np.cumsum(col.fill_null(0).to_numpy(zero_copy_only=False), out=offsets[1:])
+            blob = blobs.column(field.name)
+            data = blob.buffers()[2] if blob.buffers()[2] is not None else pa.py_buffer(b"")
+            validity = col.buffers()[0] if col.null_count else None
+            col = pa.Array.from_buffers(t, len(col), [validity, pa.py_buffer(offsets), data],
+                                        null_count=col.null_count, offset=0)
+            if col.offset:
+                raise ValueError("unexpected offset in a decoded shuffle column")
+        if tag is not None:
+            meta = {k: v for k, v in (field.metadata or {}).items() if k != _SHUFFLE_TYPE}
+            field = pa.field(field.name, col.type, field.nullable, meta or None)
+        fields.append(field)
+        columns.append(col)
+    return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields, main.schema.metadata))
+
+
+def clean_output_schema(table: pa.Table) -> pa.Table:
+    """Drops internal columns and the per-batch row offset that no longer applies."""
+    drop = [n for n in table.schema.names if n in _INTERNAL]
+    if drop:
+        table = table.drop_columns(drop)
+    meta = table.schema.metadata
+    if meta and FIRST_ROW_KEY in meta:
+        table = table.replace_schema_metadata({k: v for k, v in meta.items() if k != FIRST_ROW_KEY})
+    return table
+
+
+def emit_table(table: pa.Table, max_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """Yields the table's rows as contiguous batches of at most ``max_rows`` rows."""
+    for start in range(0, table.num_rows, max_rows):
+        part = table.slice(start, max_rows)
+        batches = part.to_batches()
+        if len(batches) == 1:
+            yield batches[0]
+        elif batches:
+            yield part.combine_chunks().to_batches()[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The transform.
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_sortable(batch: pa.RecordBatch, field: str, what: str, step: str) -> None:
+    idx = batch.schema.get_field_index(field)
+    if idx < 0:
+        return
+    t = batch.schema.field(idx).type
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_nested(t) or pa.types.is_union(t) or isinstance(t, pa.ExtensionType):
+        raise TypeError(
+            f"ExactDeduplicator step {step!r}: {what} field {field!r} has type {t}, which cannot be ordered; "
+            "allowed: numbers, strings, booleans, dates/times, decimals")
+
+
+class _DedupSettings:
+    """The options both stages need, in one picklable object."""
+
+    def __init__(self, keys: list[str] | None, trim: bool, case_fold: bool, collapse_whitespace: bool,
+                 keep: str, order_by: str | None, partitions: int, compression: str) -> None:
+        self.keys = keys
+        self.trim = trim
+        self.case_fold = case_fold
+        self.collapse_whitespace = collapse_whitespace
+        self.keep = keep
+        self.order_by = order_by
+        self.partitions = partitions
+        self.compression = compression
+
+    def key_fields(self, schema: pa.Schema) -> list[str]:
+        if self.keys is not None:
+            return self.keys
+        return sorted(n for n in schema.names if n not in _INTERNAL)
+
+    def views(self, data: pa.RecordBatch | pa.Table) -> list[Any]:
+        return key_views(data, self.key_fields(data.schema), trim=self.trim, case_fold=self.case_fold,
+                         collapse_whitespace=self.collapse_whitespace)
+
+    def order_column(self, data: pa.RecordBatch | pa.Table) -> Any:
+        if self.order_by is None:
+            return None
+        idx = data.schema.get_field_index(self.order_by)
+        if idx < 0:
+            return pa.nulls(data.num_rows)
+        return _plain(data.column(idx))
+
+    def score_column(self, data: pa.RecordBatch | pa.Table) -> Any:
+        if self.keep != "best_quality":
+            return None
+        return data.column(SCORE_COL)
+
+    def winners(self, data: pa.RecordBatch | pa.Table, views: list[Any] | None = None,
+                hashes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(kept row indices ascending, mask of rows that have a key or None when all do)."""
+        n = data.num_rows
+        views = self.views(data) if views is None else views
+        if hashes is None:
+            hashes = hash_columns(views, n)
+        order = self.order_column(data)
+        score = self.score_column(data)
+        keyed = keyed_rows(views, n)
+        if keyed is None:
+            return select_winners(views, n, self.keep, order, score, hashes), None
+        rows = np.flatnonzero(keyed)
+        sub = select_winners([_take(v, rows) for v in views], len(rows), self.keep,
+                             None if order is None else _take(order, rows),
+                             None if score is None else _take(score, rows), hashes[rows])
+        kept = np.union1d(rows[sub], np.flatnonzero(~keyed))
+        return kept, keyed
+
+
+class _PrepareFn(beam.DoFn):
+    """Per batch: pre-dedup, hash the key and split into (partition id, IPC sub-batch)."""
+
+    def __init__(self, settings: _DedupSettings, step: str) -> None:
+        self._s = settings
+        self._step = step
+        self._ctx = get_run_context()
+        self._checked: pa.Schema | None = None
+
+    def setup(self) -> None:
+        self._metrics = StepMetrics(self._step)
+
+    def _prepare(self, batch: pa.RecordBatch) -> BatchResult:
+        """Drops in-batch duplicates and orders the rows by partition (column PART_COL)."""
+        s = self._s
+        n = batch.num_rows
+        if s.keep == "best_quality":
+            batch = batch.append_column(SCORE_COL, quality_scores(batch))
+        views = s.views(batch)
+        hashes = hash_columns(views, n)
+        kept, keyed = s.winners(batch, views, hashes)
+        part = partition_of(hashes, s.partitions)
+        if keyed is not None:  # rows without any key value bypass deduplication
+            nulls = np.flatnonzero(~keyed)
+            part[nulls] = s.partitions + nulls % s.partitions
+        if len(kept) < n:
+            part = part[kept]
+        order = np.argsort(part, kind="stable")
+        rows = kept[order] if len(kept) < n else order
+        if len(kept) < n or np.any(order != np.arange(len(order))):
+            batch = batch.take(pa.array(rows, type=pa.int64()))
+        batch = batch.append_column(PART_COL, pa.array(part[order], type=pa.int64()))
+        return BatchResult(batch, filtered=n - len(kept))
+
+    def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
+        m = self._metrics
+        m.batches_in.inc()
+        m.records_in.inc(batch.num_rows)
+        m.bytes_in.inc(batch_nbytes(batch))
+        if batch.num_rows == 0:
+            return
+        if self._checked is None or not batch.schema.equals(self._checked):
+            if self._s.order_by:
+                _check_sortable(batch, self._s.order_by, "order_by", self._step)
+            self._checked = batch.schema
+        result = run_with_row_fallback(self._prepare, batch, self._step, self._ctx)
+        if result.filtered:
+            m.records_filtered.inc(result.filtered)
+        if result.dead_letters:
+            m.records_failed.inc(len(result.dead_letters))
+            for letter in result.dead_letters:
+                yield beam.pvalue.TaggedOutput(DLQ_TAG, letter)
+        out = result.batch
+        if out is None or out.num_rows == 0:
+            return
+        part = out.column(PART_COL).to_numpy()
+        if len(part) > 1 and np.any(part[1:] < part[:-1]):
+            order = np.argsort(part, kind="stable")
+            out = out.take(pa.array(order, type=pa.int64()))
+            part = part[order]
+        encoder = ShuffleEncoder(out.drop_columns([PART_COL]), self._s.compression)
+        bounds = np.flatnonzero(np.diff(part)) + 1
+        starts = np.concatenate(([0], bounds))
+        stops = np.concatenate((bounds, [len(part)]))
+        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
+            yield int(part[start]), encoder.payload(start, stop - start)
+
+
+class _Coalescer:
+    """Collects output batches and yields them in batches of about ``max_rows`` rows."""
+
+    def __init__(self, max_rows: int = DEFAULT_BATCH_ROWS) -> None:
+        self._max_rows = max_rows
+        self._pending: list[pa.RecordBatch] = []
+        self._rows = 0
+
+    def add(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        if self._pending and not batch.schema.equals(self._pending[0].schema):
+            yield from self.flush()
+        self._pending.append(batch)
+        self._rows += batch.num_rows
+        if self._rows >= self._max_rows:
+            yield from self.flush()
+
+    def flush(self) -> Iterator[pa.RecordBatch]:
+        pending, self._pending, self._rows = self._pending, [], 0
+        if len(pending) == 1:
+            yield pending[0]
+        elif pending:
+            yield from emit_table(pa.Table.from_batches(pending).combine_chunks(), self._max_rows)
+
+
+def _clean_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    drop = [n for n in batch.schema.names if n in _INTERNAL]
+    if drop:
+        batch = batch.drop_columns(drop)
+    meta = batch.schema.metadata
+    if meta and FIRST_ROW_KEY in meta:
+        batch = batch.replace_schema_metadata({k: v for k, v in meta.items() if k != FIRST_ROW_KEY})
+    return batch
+
+
+def _compatible_groups(batches: Sequence[pa.RecordBatch]) -> list[tuple[list[int], pa.Table]]:
+    """Splits batches into runs that concatenate (types unify), each with its table."""
+    first = batches[0].schema
+    everything = list(range(len(batches)))
+    if all(b.schema.equals(first) for b in batches):
+        return [(everything, pa.Table.from_batches(batches))]
+    try:
+        return [(everything, concat_batches(batches))]
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        groups: dict[pa.Schema, list[int]] = {}
+        for i, b in enumerate(batches):
+            groups.setdefault(b.schema.remove_metadata(), []).append(i)
+        return [(idx, pa.Table.from_batches([batches[i] for i in idx])) for idx in groups.values()]
+
+
+class _DedupPartitionFn(beam.DoFn):
+    """Per partition: find the rows to keep from the key columns, then stream the rows out.
+
+    Pass 1 decodes only the key (and order/score) columns of every sub-batch, concatenated in
+    arrival order, and picks one row per key. Pass 2 decodes one sub-batch at a time, keeps
+    its winning rows and emits them in batches of about 64k rows, so memory holds the key
+    columns of one partition plus one sub-batch rather than the whole partition.
+    """
+
+    def __init__(self, settings: _DedupSettings, step: str) -> None:
+        self._s = settings
+        self._step = step
+
+    def setup(self) -> None:
+        self._metrics = StepMetrics(self._step)
+
+    def _needed(self) -> list[str] | None:
+        s = self._s
+        if s.keys is None:
+            return None
+        return [*s.keys, *([s.order_by] if s.order_by else []), *([SCORE_COL] if s.keep == "best_quality" else [])]
+
+    def process(self, element: tuple[int, Iterable[bytes]]) -> Iterator[pa.RecordBatch]:
+        pid, payloads = element
+        payloads = list(payloads)
+        out = _Coalescer()
+        kept_rows = 0
+        dropped = 0
+        needed = self._needed()
+        if pid >= self._s.partitions:  # rows without a key value: passed through
+            for payload in payloads:
+                batch = decode_payload(payload)
+                kept_rows += batch.num_rows
+                yield from out.add(_clean_batch(batch))
+        elif needed is None:  # whole-record keys: every column is needed anyway
+            batches = [b for b in map(decode_payload, payloads) if b.num_rows]
+            for _, table in (_compatible_groups(batches) if batches else []):
+                kept, _ = self._s.winners(table)
+                dropped += table.num_rows - len(kept)
+                kept_rows += len(kept)
+                if len(kept) < table.num_rows:
+                    table = table.take(pa.array(kept, type=pa.int64()))
+                for batch in emit_table(clean_output_schema(table)):
+                    yield from out.add(batch)
+        else:
+            key_batches = [decode_payload(p, needed) for p in payloads]
+            for idx, table in _compatible_groups(key_batches):
+                kept, _ = self._s.winners(table)
+                mask = np.zeros(table.num_rows, dtype=bool)
+                mask[kept] = True
+                offset = 0
+                for i in idx:
+                    rows = key_batches[i].num_rows
+                    local = mask[offset:offset + rows]
+                    offset += rows
+                    n_keep = int(local.sum())
+                    dropped += rows - n_keep
+                    if n_keep == 0:
+                        continue
+                    batch = decode_payload(payloads[i])
+                    if n_keep < rows:
+                        batch = batch.filter(pa.array(local))
+                    kept_rows += n_keep
+                    yield from out.add(_clean_batch(batch))
+        yield from out.flush()
+        if dropped:
+            self._metrics.records_filtered.inc(dropped)
+        if kept_rows:
+            self._metrics.records_out.inc(kept_rows)
+
+
+class ExactDeduplicator(beam.PTransform):
+    """Keeps one record per (normalised) key; returns ``(batches, dead_letters)``.
+
+    Args:
+      keys: fields that identify a record; ``None`` (default) compares whole records (every
+        column, in name order).
+      trim / case_fold / collapse_whitespace: normalise string key values before comparing (the
+        kept record keeps its original values). ``collapse_whitespace`` turns every run of
+        whitespace into one space and trims; ``case_fold`` is Unicode lower-casing.
+      keep: ``first`` | ``last`` | ``best_quality`` (see ``docs/steps.md``).
+      order_by: field that defines first/last (and breaks best_quality ties).
+      partitions: hash partitions of the shuffle (parallelism of the dedup stage).
+      shuffle_compression: ``none`` | ``lz4`` | ``zstd`` for the shuffled Arrow IPC data.
+      name: step name for metrics and dead letters (default: the transform label).
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[str] | str | None = None,
+        *,
+        trim: bool = False,
+        case_fold: bool = False,
+        collapse_whitespace: bool = False,
+        keep: str = "first",
+        order_by: str | None = None,
+        partitions: int = DEFAULT_PARTITIONS,
+        shuffle_compression: str = "zstd",
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(keys, str):
+            keys = [keys]
+        if keys is not None:
+            keys = list(keys)
+            if not keys:
+                raise ValueError("ExactDeduplicator: keys=[] is empty; list at least one field, "
+                                 "or omit keys to compare whole records")
+            for k in keys:
+                if not isinstance(k, str) or not k:
+                    raise ValueError(f"ExactDeduplicator: keys entry {k!r} is not a field name; "
+                                     "allowed: non-empty strings")
+            dupes = sorted({k for k in keys if keys.count(k) > 1})
+            if dupes:
+                raise ValueError(f"ExactDeduplicator: keys {keys!r} repeat {dupes}; list each field once")
+            bad = [k for k in keys if k in _INTERNAL]
+            if bad:
+                raise ValueError(f"ExactDeduplicator: keys {bad!r} are reserved internal column names")
+        if keep not in KEEP_OPTIONS:
+            raise ValueError(f"ExactDeduplicator: keep={keep!r} is not allowed; allowed: {', '.join(KEEP_OPTIONS)}")
+        if order_by is not None and (not isinstance(order_by, str) or not order_by):
+            raise ValueError(f"ExactDeduplicator: order_by={order_by!r} is not a field name; "
+                             "allowed: a non-empty string or omitted")
+        for opt, value in (("trim", trim), ("case_fold", case_fold), ("collapse_whitespace", collapse_whitespace)):
+            if not isinstance(value, bool):
+                raise ValueError(f"ExactDeduplicator: {opt}={value!r} is not allowed; allowed: true or false")
+        if isinstance(partitions, bool) or not isinstance(partitions, int) or not 1 <= partitions <= MAX_PARTITIONS:
+            raise ValueError(f"ExactDeduplicator: partitions={partitions!r} is not allowed; "
+                             f"allowed: an integer from 1 to {MAX_PARTITIONS}")
+        if shuffle_compression not in COMPRESSION_OPTIONS:
+            raise ValueError(f"ExactDeduplicator: shuffle_compression={shuffle_compression!r} is not allowed; "
+                             f"allowed: {', '.join(COMPRESSION_OPTIONS)}")
+        self._settings = _DedupSettings(keys, trim, case_fold, collapse_whitespace, keep, order_by,
+                                        partitions, shuffle_compression)
+        self._name = name
+
+    def step_name(self) -> str:
+        return self._name or self.label
+
+    def display_data(self) -> dict[str, Any]:
+        s = self._settings
+        return {
+            "keys": ", ".join(s.keys) if s.keys else "(whole record)",
+            "keep": s.keep,
+            "order_by": s.order_by or "(arrival)",
+            "normalise": ", ".join(o for o, on in (("trim", s.trim), ("case_fold", s.case_fold),
+                                                  ("collapse_whitespace", s.collapse_whitespace)) if on) or "none",
+            "partitions": s.partitions,
+        }
+
+    def expand(self, pcoll: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        step = self.step_name()
+        prepared = pcoll | "Prepare" >> beam.ParDo(_PrepareFn(self._settings, step)).with_output_types(
+            tuple[int, bytes]).with_outputs(DLQ_TAG, main="shuffle")
+        deduped = (
+            prepared.shuffle
+            | "Shuffle" >> beam.GroupByKey()
+            | "KeepOne" >> beam.ParDo(_DedupPartitionFn(self._settings, step)).with_output_types(pa.RecordBatch)
+        )
+        return deduped, prepared[DLQ_TAG]
+
+
+class ExactDeduplicatorConfig(registry.StrictConfig):
+    """Drops exact duplicates: keeps one record per (normalised) key."""
+
+    keys: list[str] | None = Field(None, description="Fields that identify a record; omit to compare whole records.")
+    trim: bool = Field(False, description="Strip leading/trailing whitespace from string key values.")
+    case_fold: bool = Field(False, description="Compare string key values lower-cased (Unicode).")
+    collapse_whitespace: bool = Field(
+        False, description="Turn runs of whitespace in string key values into one space (and trim).")
+    keep: Literal["first", "last", "best_quality"] = Field(
+        "first", description="Which record of a duplicate group survives.")
+    order_by: str | None = Field(
+        None, description="Field defining first/last (and breaking best_quality ties); omit for arrival order.")
+    partitions: int = Field(DEFAULT_PARTITIONS, ge=1, le=MAX_PARTITIONS, description="Hash partitions of the shuffle.")
+    shuffle_compression: Literal["none", "lz4", "zstd"] = Field(
+        "zstd", description="Compression of the shuffled Arrow data (zstd: smallest, lz4: fastest).")
+
+
+@registry.register("step", "ExactDeduplicator", ExactDeduplicatorConfig)
+def build_exact_deduplicator(config: ExactDeduplicatorConfig, ctx: registry.BuildContext) -> ExactDeduplicator:
+    """Drops exact duplicates: keeps one record per (normalised) key."""
+    return ExactDeduplicator(**config.model_dump(), name=ctx.step_name)
