@@ -31,6 +31,30 @@ class BuiltPipeline:
     graph: list[str]
 
 
+class _BufferDeadLetters(beam.DoFn):
+    """Collects a bundle's envelopes into RecordBatches of at most ``max_rows`` rows."""
+
+    def __init__(self, max_rows: int) -> None:
+        self._max = max_rows
+
+    def start_bundle(self) -> None:
+        self._buffer: list[dict[str, Any]] = []
+
+    def process(self, letter: dict[str, Any]) -> Iterator[Any]:
+        self._buffer.append(letter)
+        if len(self._buffer) >= self._max:
+            yield dead_letters_to_batch(self._buffer)
+            self._buffer = []
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if self._buffer:
+            yield beam.utils.windowed_value.WindowedValue(
+                dead_letters_to_batch(self._buffer), beam.utils.timestamp.MIN_TIMESTAMP,
+                [beam.transforms.window.GlobalWindow()],
+            )
+            self._buffer = []
+
+
 class DeadLettersToBatches(beam.PTransform):
     """Groups DLQ envelopes into RecordBatches so any sink can store them."""
 
@@ -39,11 +63,7 @@ class DeadLettersToBatches(beam.PTransform):
         self._max = max_batch_size
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
-        return (
-            pcoll
-            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._max)
-            | "ToArrow" >> beam.Map(dead_letters_to_batch)
-        )
+        return pcoll | "ToArrow" >> beam.ParDo(_BufferDeadLetters(self._max))
 
 
 class _FailOnLostDeadLetter(beam.DoFn):

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from pydantic import Field
 
 from beam_etl import registry
@@ -47,6 +48,7 @@ COMPRESSION_OPTIONS = ("none", "lz4", "zstd")
 QUALITY_SCORE_FIELD = "_quality_score"
 DEFAULT_PARTITIONS = 8
 MAX_PARTITIONS = 4096
+_SMALL_BATCH_ROWS = 16_384  # smaller input batches are combined before the shuffle
 
 # Internal columns; they never leave the step.
 PART_COL = "__beam_etl_part"
@@ -656,7 +658,11 @@ class _PrepareFn(beam.DoFn):
         batch = batch.append_column(PART_COL, pa.array(part[order], type=pa.int64()))
         return BatchResult(batch, filtered=n - len(kept))
 
-    def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
+    def start_bundle(self) -> None:
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+
+    def process(self, batch: pa.RecordBatch, window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
         m = self._metrics
         m.batches_in.inc()
         m.records_in.inc(batch.num_rows)
@@ -667,6 +673,35 @@ class _PrepareFn(beam.DoFn):
             if self._s.order_by:
                 _check_sortable(batch, self._s.order_by, "order_by", self._step)
             self._checked = batch.schema
+        if window != GlobalWindow() or batch.num_rows >= _SMALL_BATCH_ROWS:
+            yield from self._split(batch)
+            return
+        # Small batches (of the global window) are combined first: every sub-batch costs a fixed
+        # overhead, and bigger ones compress better.
+        if self._pending and not batch.schema.equals(self._pending[0].schema):
+            yield from self._split(self._take_pending())
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        if self._pending_rows >= DEFAULT_BATCH_ROWS:
+            yield from self._split(self._take_pending())
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if not self._pending:
+            return
+        for out in self._split(self._take_pending()):
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+            else:
+                yield GlobalWindows.windowed_value(out)
+
+    def _take_pending(self) -> pa.RecordBatch:
+        pending, self._pending, self._pending_rows = self._pending, [], 0
+        if len(pending) == 1:
+            return pending[0]
+        return pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+    def _split(self, batch: pa.RecordBatch) -> Iterator[Any]:
+        m = self._metrics
         result = run_with_row_fallback(self._prepare, batch, self._step, self._ctx)
         if result.filtered:
             m.records_filtered.inc(result.filtered)
@@ -678,7 +713,7 @@ class _PrepareFn(beam.DoFn):
         if out is None or out.num_rows == 0:
             return
         part = out.column(PART_COL).to_numpy()
-        if len(part) > 1 and np.any(part[1:] < part[:-1]):
+        if len(part) > 1 and np.any(part[1:] < part[:-1]):  # after the per-row fallback
             order = np.argsort(part, kind="stable")
             out = out.take(pa.array(order, type=pa.int64()))
             part = part[order]
