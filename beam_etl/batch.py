@@ -42,6 +42,10 @@ class ArrowBatchCoder(beam.coders.Coder):
     def is_deterministic(self) -> bool:
         return False
 
+    def estimate_size(self, value: pa.RecordBatch | pa.Table) -> int:
+        """In-memory size; Beam samples element sizes, and the default would IPC-encode the batch."""
+        return int(value.nbytes) if isinstance(value, pa.Table) else batch_nbytes(value)
+
     def to_type_hint(self) -> type:
         return pa.RecordBatch
 

@@ -140,8 +140,9 @@ def format_summary(spec: PipelineSpec, steps: dict[str, dict[str, int]], totals:
             continue
         records_in = c["records_out"] + c["records_failed"] if section == "sources" else c["records_in"]
         label = "(dead-letter sink)" if name == DLQ_STEP else name
+        filtered = f"{c['records_filtered']:,}" if not c.get("records_grouped") else "(groups)"
         rows.append(f"{label:22} {type_name:22} {records_in:>10,} {c['records_out']:>10,} "
-                    f"{c['records_filtered']:>9,} {c['records_failed']:>7,}")
+                    f"{filtered:>9} {c['records_failed']:>7,}")
     share = totals["dead_letters"] / totals["records_read"] if totals["records_read"] else 0.0
     rows.append("")
     rows.append(f"records read {totals['records_read']:,} | written {totals['records_written']:,} | "

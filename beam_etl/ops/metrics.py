@@ -1,4 +1,4 @@
-"""Per-step Beam metrics: records in/out/filtered/failed, batches and bytes.
+"""Per-step Beam metrics: records in/out/filtered/grouped/failed, batches and bytes.
 
 Counters live in the namespace ``beam_etl.<step>``; ``summarise`` turns a finished
 run's metrics into per-step counts for the run summary.
@@ -12,7 +12,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 
 NAMESPACE_PREFIX = "beam_etl."
-COUNTERS = ("records_in", "records_out", "records_filtered", "records_failed", "batches_in", "bytes_in")
+COUNTERS = (
+    "records_in", "records_out", "records_filtered", "records_grouped", "records_failed", "batches_in", "bytes_in",
+)
 
 
 class StepMetrics:
@@ -23,6 +25,8 @@ class StepMetrics:
         self.records_in = Metrics.counter(namespace, "records_in")
         self.records_out = Metrics.counter(namespace, "records_out")
         self.records_filtered = Metrics.counter(namespace, "records_filtered")
+        # rows folded into an aggregate's groups: in = out + filtered + grouped + failed
+        self.records_grouped = Metrics.counter(namespace, "records_grouped")
         self.records_failed = Metrics.counter(namespace, "records_failed")
         self.batches_in = Metrics.counter(namespace, "batches_in")
         self.bytes_in = Metrics.counter(namespace, "bytes_in")

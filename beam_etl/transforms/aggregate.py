@@ -205,7 +205,7 @@ class _PartialFn(beam.DoFn):
             numeric = {f: v.filter(keep) for f, v in numeric.items()}
         if data.num_rows == 0:
             return
-        m.records_filtered.inc(data.num_rows)  # folded into groups; the emit stage moves groups to out
+        m.records_grouped.inc(data.num_rows)  # folded into groups; the emit stage moves groups to out
         partial = partial_aggregate(data, self._keys, self._aggs, numeric)
         if not self._keys:
             yield partial
@@ -295,7 +295,7 @@ class MergePartialsFn(beam.CombineFn):
 
 
 class _EmitFn(beam.DoFn):
-    """Turns result tables into batches and moves their groups from filtered to out."""
+    """Turns result tables into batches and moves their groups from grouped to out."""
 
     def __init__(self, step: str, keyed: bool) -> None:
         self._step = step
@@ -310,7 +310,7 @@ class _EmitFn(beam.DoFn):
             return
         self._metrics.records_out.inc(table.num_rows)
         if self._keyed or _had_rows(table):
-            self._metrics.records_filtered.dec(table.num_rows)
+            self._metrics.records_grouped.dec(table.num_rows)
         yield from emit_table(table.replace_schema_metadata(None))
 
 

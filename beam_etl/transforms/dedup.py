@@ -22,7 +22,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -361,17 +365,19 @@ def select_winners(views: Sequence[Any], num_rows: int, keep: str, order: Any = 
         ranked = pc.sort_indices(pa.table(cols), sort_keys=sort_keys, null_placement="at_end").to_numpy()
     first = _first_per_hash(hashes, views, ranked)
     if first is not None:
-        winners = first if ranked is None else ranked[first]
-    else:  # a hash collision: group by the real key values
         if ranked is None:
-            rank = np.arange(num_rows, dtype=np.int64)
-        else:
-            rank = np.empty(num_rows, dtype=np.int64)
-            rank[ranked] = np.arange(num_rows, dtype=np.int64)
-        best = _exact_winners(views, num_rows, "min", rank)
-        winners = best if ranked is None else ranked[best]
-    winners = np.sort(winners)
-    return winners
+            return first  # already ascending
+        if order is None and score is None:  # keep='last' by position: ranked is reversed
+            return ranked[first][::-1].copy()
+        return np.sort(ranked[first])
+    # a hash collision: group by the real key values
+    if ranked is None:
+        rank = np.arange(num_rows, dtype=np.int64)
+    else:
+        rank = np.empty(num_rows, dtype=np.int64)
+        rank[ranked] = np.arange(num_rows, dtype=np.int64)
+    best = _exact_winners(views, num_rows, "min", rank)
+    return np.sort(best if ranked is None else ranked[best])
 
 
 def quality_scores(batch: pa.RecordBatch) -> pa.Array:
@@ -400,82 +406,113 @@ def _ipc_options(compression: str) -> pa.ipc.IpcWriteOptions:
     return pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
 
 
-_SHUFFLE_TYPE = b"beam_etl.shuffle_type"
-_NARROW_INTS = (pa.int8(), pa.int16(), pa.int32())
-_TEXT_TYPES = {"string": pa.string(), "binary": pa.binary(), "large_string": pa.large_string(),
-               "large_binary": pa.large_binary()}
-_INT_TYPES = {str(t): t for t in (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(),
-                                  pa.uint32(), pa.uint64())}
+_TAG = b"beam_etl.enc"  # field metadata: how a column was re-encoded for the shuffle
+_SCHEMA = b"beam_etl.schema"  # schema metadata: the original schema, serialised
+_FOR_TYPES = ((pa.uint8(), 1 << 8), (pa.uint16(), 1 << 16), (pa.uint32(), 1 << 32))
 
 
-def _narrow_int(col: pa.Array) -> pa.Array:
-    """The integers in the smallest signed type that holds them (no change when none is smaller)."""
-    if col.null_count == len(col):
-        return col.cast(pa.int8())
-    bounds = pc.min_max(col)
+def _is_texty(t: pa.DataType) -> bool:
+    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t))
+
+
+def _int_storage(col: pa.Array) -> pa.Array | None:
+    """The signed integer storage of an integer or temporal column (None if it has none)."""
+    t = col.type
+    if pa.types.is_integer(t):
+        return None if pa.types.is_uint64(t) else col
+    if pa.types.is_temporal(t) and t.bit_width in (32, 64):
+        return col.view(pa.int64() if t.bit_width == 64 else pa.int32())
+    return None
+
+
+def _frame_of_reference(col: pa.Array) -> tuple[pa.Array, int] | None:
+    """``(col - min)`` as uint8/16/32 and ``min``, when the value range fits (else None)."""
+    storage = _int_storage(col)
+    if storage is None or col.type.bit_width <= 8 or col.null_count == len(col):
+        return None
+    bounds = pc.min_max(storage)
     lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
-    for t in _NARROW_INTS:
-        if t.bit_width < col.type.bit_width and -(1 << (t.bit_width - 1)) <= lo and hi < (1 << (t.bit_width - 1)):
-            return col.cast(t)
-    return col
+    for t, size in _FOR_TYPES:
+        if hi - lo < size:
+            if t.bit_width >= col.type.bit_width and lo == 0:
+                return None
+            return pc.subtract(storage.cast(pa.int64()), lo).cast(t), lo
+    return None
 
 
-def _with_tag(field: pa.Field, new_type: pa.DataType, tag: str) -> pa.Field:
-    meta = dict(field.metadata or {})
-    meta[_SHUFFLE_TYPE] = tag.encode()
-    return pa.field(field.name, new_type, field.nullable, meta)
+def _low_cardinality(col: pa.Array) -> pa.DictionaryArray | None:
+    """A string/binary column with few distinct values, dictionary-encoded with int8/int16 indices."""
+    if len(col) < 1024 or pc.count_distinct(col.slice(0, 1024)).as_py() > 64:
+        return None
+    encoded = pc.dictionary_encode(col)
+    size = len(encoded.dictionary)
+    if size > min(4096, len(col) // 16):
+        return None
+    return pa.DictionaryArray.from_arrays(encoded.indices.cast(pa.int8() if size <= 127 else pa.int16()),
+                                          encoded.dictionary)
+
+
+def _tagged(name: str, col: pa.Array, tag: str) -> pa.Field:
+    return pa.field(name, col.type, True, {_TAG: tag.encode()})
 
 
 class ShuffleEncoder:
     """Writes slices of one batch as compact, compressed shuffle payloads.
 
-    Integer columns travel in the narrowest integer type that holds their values, and
-    string/binary columns as a lengths column plus one blob of their bytes: zstd compresses
-    lengths far better than Arrow's offsets (about 20% fewer bytes overall than plain IPC).
-    ``decode_payload`` restores the exact types.
-    Layout: IPC stream of the main columns, IPC stream of the blobs, 8-byte length of the first.
+    Before compression, integer and date/time columns become ``value - min`` in the narrowest
+    unsigned type; string/binary columns with few distinct values are dictionary-encoded; other
+    string/binary columns travel as a lengths column plus one blob of their bytes (zstd
+    compresses lengths far better than Arrow's offsets). On the benchmark data this ships about
+    a fifth fewer bytes than plain IPC+zstd. The original schema rides along (serialised in the
+    schema metadata), so ``decode_payload`` restores exact types, field and schema metadata.
+    Layout: one Arrow IPC stream; a ``text`` column's bytes sit in row 0 of a companion
+    ``large_binary`` column.
     """
 
     def __init__(self, batch: pa.RecordBatch, compression: str = "zstd") -> None:
         self._options = _ipc_options(compression)
-        self._texts: list[tuple[str, pa.Array, np.ndarray]] = []
+        self._texts: list[tuple[int, pa.Array, np.ndarray]] = []
         fields, columns = [], []
-        for field, col in zip(batch.schema, batch.columns, strict=True):
-            t = field.type
-            if pa.types.is_integer(t) and t.bit_width > 8:
-                narrow = _narrow_int(col)
-                if narrow.type != t:
-                    field, col = _with_tag(field, narrow.type, str(t)), narrow
-            elif str(t) in _TEXT_TYPES and len(col):
+        for name, col in zip(batch.schema.names, batch.columns, strict=True):
+            t = col.type
+            if (ref := _frame_of_reference(col)) is not None:
+                col = ref[0]
+                fields.append(_tagged(name, col, f"for:{ref[1]}"))
+            elif _is_texty(t) and (encoded := _low_cardinality(col)) is not None:
+                col = encoded
+                fields.append(_tagged(name, col, "dict"))
+            elif _is_texty(t) and len(col):
                 large = pa.types.is_large_string(t) or pa.types.is_large_binary(t)
                 offsets = np.frombuffer(col.buffers()[1], dtype=np.int64 if large else np.int32,
                                         count=col.offset + len(col) + 1)[col.offset:]
-                lengths = _narrow_int(pc.binary_length(col))
-                self._texts.append((field.name, col, offsets))
-                field, col = _with_tag(field, lengths.type, str(t)), lengths
-            fields.append(field)
+                lengths, base = _frame_of_reference(pc.binary_length(col)) or (pc.binary_length(col), 0)
+                self._texts.append((len(columns), col, offsets))
+                col = lengths
+                fields.append(_tagged(name, col, f"text:{base}"))
+                fields.append(pa.field(f"{name}\x00blob", pa.large_binary()))
+                columns.append(col)
+                columns.append(None)  # filled per payload
+                continue
+            else:
+                fields.append(batch.schema.field(name))
             columns.append(col)
-        self._batch = pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields, batch.schema.metadata))
-        if self._texts:
-            self._blob_schema = pa.schema([(name, pa.large_binary()) for name, _, _ in self._texts])
+        self._columns = columns
+        self._schema = pa.schema(fields, {_SCHEMA: batch.schema.serialize().to_pybytes()})
 
     def payload(self, start: int, length: int) -> bytes:
+        columns = [None if c is None else c.slice(start, length) for c in self._columns]
+        for idx, col, offsets in self._texts:
+            data = col.buffers()[2]
+            lo, hi = int(offsets[start]), int(offsets[start + length])
+            blob_offsets = np.full(length + 1, hi - lo, dtype=np.int64)
+            blob_offsets[0] = 0
+            columns[idx + 1] = pa.Array.from_buffers(pa.large_binary(), length, [
+                None, pa.py_buffer(blob_offsets), data[lo:hi] if data is not None else pa.py_buffer(b"")])
+        part = pa.RecordBatch.from_arrays(columns, schema=self._schema)
         sink = pa.BufferOutputStream()
-        part = self._batch.slice(start, length)
-        with pa.ipc.new_stream(sink, part.schema, options=self._options) as writer:
+        with pa.ipc.new_stream(sink, self._schema, options=self._options) as writer:
             writer.write_batch(part)
-        main_size = sink.tell()
-        if self._texts:
-            blobs = []
-            for _, col, offsets in self._texts:
-                data = col.buffers()[2]
-                lo, hi = int(offsets[start]), int(offsets[start + length])
-                blob = data[lo:hi] if data is not None else pa.py_buffer(b"")
-                blobs.append(pa.Array.from_buffers(pa.large_binary(), 1, [
-                    None, pa.py_buffer(np.array([0, hi - lo], dtype=np.int64)), blob]))
-            with pa.ipc.new_stream(sink, self._blob_schema, options=self._options) as writer:
-                writer.write_batch(pa.RecordBatch.from_arrays(blobs, schema=self._blob_schema))
-        sink.write(main_size.to_bytes(8, "little"))
         return sink.getvalue().to_pybytes()
 
 
@@ -484,48 +521,91 @@ def encode_payload(batch: pa.RecordBatch, compression: str = "zstd") -> bytes:
     return ShuffleEncoder(batch, compression).payload(0, batch.num_rows)
 
 
-def _read_stream(buf: pa.Buffer, names: Sequence[str] | None) -> pa.RecordBatch:
-    if names is None:
-        return pa.ipc.open_stream(buf).read_next_batch()
-    schema = pa.ipc.open_stream(buf).schema
-    fields = [i for i, name in enumerate(schema.names) if name in names]
-    return pa.ipc.open_stream(buf, options=pa.ipc.IpcReadOptions(included_fields=fields)).read_next_batch()
+def _restore(col: pa.Array, tag: str, target: pa.DataType, blob: pa.Array | None) -> pa.Array:
+    if tag == "dict":
+        return col.dictionary_decode()
+    if tag.startswith("for:"):
+        values = pc.add(col.cast(pa.int64()), int(tag[4:]))
+        if pa.types.is_integer(target):
+            return values.cast(target)
+        return values.cast(pa.int64() if target.bit_width == 64 else pa.int32()).view(target)
+    # "text:<min length>": lengths + the bytes in row 0 of the blob column
+    large = pa.types.is_large_string(target) or pa.types.is_large_binary(target)
+    offsets = np.zeros(len(col) + 1, dtype=np.int64 if large else np.int32)
+    lengths = col.fill_null(0).to_numpy(zero_copy_only=False).astype(offsets.dtype) + int(tag[5:])
+    if col.null_count:
+        lengths[~np.asarray(col.is_valid(), dtype=bool)] = 0
+    np.cumsum(lengths, out=offsets[1:])
+    data = blob.buffers()[2] if blob is not None and len(blob) else None
+    validity = col.buffers()[0] if col.null_count else None
+    return pa.Array.from_buffers(target, len(col), [validity, pa.py_buffer(offsets), data or pa.py_buffer(b"")],
+                                 null_count=col.null_count)
 
 
 def decode_payload(payload: bytes, names: Sequence[str] | None = None) -> pa.RecordBatch:
     """Inverse of ``ShuffleEncoder.payload``; ``names`` reads (and decompresses) only those columns."""
     buf = pa.py_buffer(payload)
-    main_size = int.from_bytes(payload[-8:], "little")
-    main = _read_stream(buf.slice(0, main_size), names)
-    tags = {f.name: f.metadata[_SHUFFLE_TYPE].decode() for f in main.schema
-            if f.metadata and _SHUFFLE_TYPE in f.metadata}
-    if not tags:
-        return main
-    texts = [name for name, tag in tags.items() if tag in _TEXT_TYPES]
-    blobs = _read_stream(buf.slice(main_size, len(payload) - 8 - main_size), texts) if texts else None
+    if names is None:
+        batch = pa.ipc.open_stream(buf).read_next_batch()
+    else:
+        schema = pa.ipc.open_stream(buf).schema
+        wanted = set(names)
+        fields = [i for i, n in enumerate(schema.names) if n in wanted or n.split("\x00", 1)[0] in wanted]
+        batch = pa.ipc.open_stream(buf, options=pa.ipc.IpcReadOptions(included_fields=fields)).read_next_batch()
+    meta = batch.schema.metadata or {}
+    if _SCHEMA not in meta:
+        return batch
+    original = pa.ipc.read_schema(pa.py_buffer(meta[_SCHEMA]))
     fields, columns = [], []
-    for field, col in zip(main.schema, main.columns, strict=True):
-        tag = tags.get(field.name)
-        if tag in _INT_TYPES:
-            col = col.cast(_INT_TYPES[tag])
-        elif tag in _TEXT_TYPES:
-            t = _TEXT_TYPES[tag]
-            large = pa.types.is_large_string(t) or pa.types.is_large_binary(t)
-            offsets = np.zeros(len(col) + 1, dtype=np.int64 if large else np.int32)
-            np.cumsum(col.fill_null(0).to_numpy(zero_copy_only=False), out=offsets[1:])
-            blob = blobs.column(field.name)
-            data = blob.buffers()[2] if blob.buffers()[2] is not None else pa.py_buffer(b"")
-            validity = col.buffers()[0] if col.null_count else None
-            col = pa.Array.from_buffers(t, len(col), [validity, pa.py_buffer(offsets), data],
-                                        null_count=col.null_count, offset=0)
-            if col.offset:
-                raise ValueError("unexpected offset in a decoded shuffle column")
+    for i, field in enumerate(batch.schema):
+        if field.name.endswith("\x00blob") and field.name[:-5] in original.names:
+            continue
+        target = original.field(field.name)
+        col = batch.column(i)
+        tag = (field.metadata or {}).get(_TAG)
         if tag is not None:
-            meta = {k: v for k, v in (field.metadata or {}).items() if k != _SHUFFLE_TYPE}
-            field = pa.field(field.name, col.type, field.nullable, meta or None)
-        fields.append(field)
+            tag = tag.decode()
+            blob = batch.column(f"{field.name}\x00blob") if tag.startswith("text:") else None
+            col = _restore(col, tag, target.type, blob)
+        fields.append(target)
         columns.append(col)
-    return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields, main.schema.metadata))
+    return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields, original.metadata))
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _codec_pool() -> ThreadPoolExecutor:
+    """Threads for payload (de)compression: Arrow releases the GIL while it compresses."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=min(4, max(2, os.cpu_count() or 2)),
+                                       thread_name_prefix="beam_etl-shuffle")
+        return _POOL
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], lookahead: int = 4) -> Iterator[Any]:
+    """``map(fn, items)`` on the codec threads, in order, with at most ``lookahead`` in flight."""
+    pool = _codec_pool()
+    pending: deque[Future] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= lookahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def release_arrow_memory() -> None:
+    """Returns memory Arrow's allocator keeps cached to the OS.
+
+    Called when a shuffle stage finishes a bundle: the runner then holds the shuffled bytes
+    (several copies on the in-process DirectRunner), and the allocator's cache (hundreds of MB
+    after parsing and re-batching) would otherwise add to that peak.
+    """
+    pa.default_memory_pool().release_unused()
 
 
 def clean_output_schema(table: pa.Table) -> pa.Table:
@@ -624,8 +704,25 @@ class _DedupSettings:
         return kept, keyed
 
 
+def _encode_partitions(batch: pa.RecordBatch, part: np.ndarray, compression: str) -> list[tuple[int, bytes]]:
+    """(partition id, payload) for each run of equal ``part`` values of a partition-ordered batch."""
+    encoder = ShuffleEncoder(batch, compression)
+    bounds = np.flatnonzero(np.diff(part)) + 1
+    starts = np.concatenate(([0], bounds)).tolist()
+    stops = np.concatenate((bounds, [len(part)])).tolist()
+    return [(int(part[a]), encoder.payload(a, b - a)) for a, b in zip(starts, stops, strict=True)]
+
+
 class _PrepareFn(beam.DoFn):
-    """Per batch: pre-dedup, hash the key and split into (partition id, IPC sub-batch)."""
+    """Per batch: pre-dedup, hash the key and split into (partition id, IPC sub-batch).
+
+    The (CPU-heavy) compression of a batch's sub-batches runs on the codec threads while the
+    next batches are prepared; in the global window the payloads are emitted as they complete
+    (at the latest in ``finish_bundle``), elsewhere before ``process`` returns.
+    """
+
+    MAX_IN_FLIGHT = 3  # batches being encoded at once
+    PROBE_EVERY = 16  # while pre-dedup finds (almost) nothing, try it on every 16th batch only
 
     def __init__(self, settings: _DedupSettings, step: str) -> None:
         self._s = settings
@@ -635,6 +732,16 @@ class _PrepareFn(beam.DoFn):
 
     def setup(self) -> None:
         self._metrics = StepMetrics(self._step)
+        self._pre_rows = 0
+        self._pre_removed = 0
+        self._batches = 0
+
+    def _pre_dedup_pays(self) -> bool:
+        """In-batch dedup only saves shuffle bytes; keep it while it removes >= 0.5% of rows."""
+        self._batches += 1
+        if self._pre_rows < 4 * DEFAULT_BATCH_ROWS or self._pre_removed >= 0.005 * self._pre_rows:
+            return True
+        return self._batches % self.PROBE_EVERY == 0
 
     def _prepare(self, batch: pa.RecordBatch) -> BatchResult:
         """Drops in-batch duplicates and orders the rows by partition (column PART_COL)."""
@@ -644,7 +751,12 @@ class _PrepareFn(beam.DoFn):
             batch = batch.append_column(SCORE_COL, quality_scores(batch))
         views = s.views(batch)
         hashes = hash_columns(views, n)
-        kept, keyed = s.winners(batch, views, hashes)
+        if n > 1 and self._pre_dedup_pays():
+            kept, keyed = s.winners(batch, views, hashes)
+            self._pre_rows = self._pre_rows // 2 + n  # a decaying window over recent batches
+            self._pre_removed = self._pre_removed // 2 + (n - len(kept))
+        else:
+            kept, keyed = np.arange(n, dtype=np.int64), keyed_rows(views, n)
         part = partition_of(hashes, s.partitions)
         if keyed is not None:  # rows without any key value bypass deduplication
             nulls = np.flatnonzero(~keyed)
@@ -661,6 +773,7 @@ class _PrepareFn(beam.DoFn):
     def start_bundle(self) -> None:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
+        self._in_flight: deque[Future] = deque()
 
     def process(self, batch: pa.RecordBatch, window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
         m = self._metrics
@@ -673,26 +786,37 @@ class _PrepareFn(beam.DoFn):
             if self._s.order_by:
                 _check_sortable(batch, self._s.order_by, "order_by", self._step)
             self._checked = batch.schema
-        if window != GlobalWindow() or batch.num_rows >= _SMALL_BATCH_ROWS:
+        if window != GlobalWindow():
             yield from self._split(batch)
+            yield from self._drain(0)
             return
-        # Small batches (of the global window) are combined first: every sub-batch costs a fixed
-        # overhead, and bigger ones compress better.
-        if self._pending and not batch.schema.equals(self._pending[0].schema):
-            yield from self._split(self._take_pending())
-        self._pending.append(batch)
-        self._pending_rows += batch.num_rows
-        if self._pending_rows >= DEFAULT_BATCH_ROWS:
-            yield from self._split(self._take_pending())
+        if batch.num_rows >= _SMALL_BATCH_ROWS:
+            yield from self._split(batch)
+        else:
+            # Small batches are combined first: every sub-batch costs a fixed overhead, and
+            # bigger ones compress better.
+            if self._pending and not batch.schema.equals(self._pending[0].schema):
+                yield from self._split(self._take_pending())
+            self._pending.append(batch)
+            self._pending_rows += batch.num_rows
+            if self._pending_rows >= DEFAULT_BATCH_ROWS:
+                yield from self._split(self._take_pending())
+        yield from self._drain(self.MAX_IN_FLIGHT)
 
     def finish_bundle(self) -> Iterator[Any]:
-        if not self._pending:
-            return
-        for out in self._split(self._take_pending()):
+        outputs = list(self._split(self._take_pending())) if self._pending else []
+        outputs.extend(self._drain(0))
+        for out in outputs:
             if isinstance(out, beam.pvalue.TaggedOutput):
                 yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
             else:
                 yield GlobalWindows.windowed_value(out)
+        release_arrow_memory()
+
+    def _drain(self, keep: int) -> Iterator[tuple[int, bytes]]:
+        """Yields the payloads of finished batches, waiting while more than ``keep`` are in flight."""
+        while self._in_flight and (len(self._in_flight) > keep or self._in_flight[0].done()):
+            yield from self._in_flight.popleft().result()
 
     def _take_pending(self) -> pa.RecordBatch:
         pending, self._pending, self._pending_rows = self._pending, [], 0
@@ -717,12 +841,8 @@ class _PrepareFn(beam.DoFn):
             order = np.argsort(part, kind="stable")
             out = out.take(pa.array(order, type=pa.int64()))
             part = part[order]
-        encoder = ShuffleEncoder(out.drop_columns([PART_COL]), self._s.compression)
-        bounds = np.flatnonzero(np.diff(part)) + 1
-        starts = np.concatenate(([0], bounds))
-        stops = np.concatenate((bounds, [len(part)]))
-        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
-            yield int(part[start]), encoder.payload(start, stop - start)
+        self._in_flight.append(_codec_pool().submit(
+            _encode_partitions, out.drop_columns([PART_COL]), part, self._s.compression))
 
 
 class _Coalescer:
@@ -774,14 +894,38 @@ def _compatible_groups(batches: Sequence[pa.RecordBatch]) -> list[tuple[list[int
         return [(idx, pa.Table.from_batches([batches[i] for i in idx])) for idx in groups.values()]
 
 
+def _decode_kept(item: tuple[bytes, np.ndarray | None]) -> pa.RecordBatch:
+    payload, mask = item
+    batch = decode_payload(payload)
+    if mask is not None:
+        batch = batch.filter(pa.array(mask))
+    return _clean_batch(batch)
+
+
+class _PartitionJob:
+    """One partition being decoded on the codec threads."""
+
+    def __init__(self, pid: int, payloads: list[bytes], mode: str, futures: list[Future]) -> None:
+        self.pid = pid
+        self.payloads = payloads
+        self.mode = mode  # "pass" | "single" | "two_pass"
+        self.futures = futures
+
+
 class _DedupPartitionFn(beam.DoFn):
     """Per partition: find the rows to keep from the key columns, then stream the rows out.
 
-    Pass 1 decodes only the key (and order/score) columns of every sub-batch, concatenated in
-    arrival order, and picks one row per key. Pass 2 decodes one sub-batch at a time, keeps
-    its winning rows and emits them in batches of about 64k rows, so memory holds the key
-    columns of one partition plus one sub-batch rather than the whole partition.
+    A partition of at most ``SINGLE_PASS_BYTES`` compressed is decoded whole (sub-batches
+    concatenated in arrival order), deduplicated and emitted. A bigger one takes two passes:
+    pass 1 decodes only the key (and order/score) columns and picks one row per key; pass 2
+    decodes one sub-batch at a time, keeps its winning rows and emits them in batches of about
+    64k rows, so memory holds the key columns of one partition plus a few sub-batches.
+
+    In the global window, partition k is decoded on the codec threads while partition k-1 is
+    deduplicated and emitted (the last one in ``finish_bundle``).
     """
+
+    SINGLE_PASS_BYTES = 32 << 20  # compressed partitions up to this size are decoded in one pass
 
     def __init__(self, settings: _DedupSettings, step: str) -> None:
         self._s = settings
@@ -790,54 +934,90 @@ class _DedupPartitionFn(beam.DoFn):
     def setup(self) -> None:
         self._metrics = StepMetrics(self._step)
 
+    def start_bundle(self) -> None:
+        self._previous: _PartitionJob | None = None
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if self._previous is not None:
+            job, self._previous = self._previous, None
+            for batch in list(self._finish(job)):
+                yield GlobalWindows.windowed_value(batch)
+        release_arrow_memory()
+
     def _needed(self) -> list[str] | None:
         s = self._s
         if s.keys is None:
             return None
         return [*s.keys, *([s.order_by] if s.order_by else []), *([SCORE_COL] if s.keep == "best_quality" else [])]
 
-    def process(self, element: tuple[int, Iterable[bytes]]) -> Iterator[pa.RecordBatch]:
-        pid, payloads = element
-        payloads = list(payloads)
+    def process(self, element: tuple[int, Iterable[bytes]],
+                window: Any = beam.DoFn.WindowParam) -> Iterator[pa.RecordBatch]:
+        job = self._start(element[0], list(element[1]))
+        if window != GlobalWindow():
+            yield from self._finish(job)
+            return
+        previous, self._previous = self._previous, job
+        if previous is not None:
+            yield from self._finish(previous)
+
+    def _start(self, pid: int, payloads: list[bytes]) -> _PartitionJob:
+        pool = _codec_pool()
+        needed = self._needed()
+        if pid >= self._s.partitions:  # rows without a key value: passed through
+            return _PartitionJob(pid, payloads, "pass", [pool.submit(decode_payload, p) for p in payloads])
+        if needed is None or sum(map(len, payloads)) <= self.SINGLE_PASS_BYTES:
+            # Whole-record keys need every column anyway; a small partition fits in memory.
+            return _PartitionJob(pid, payloads, "single", [pool.submit(decode_payload, p) for p in payloads])
+        return _PartitionJob(pid, payloads, "two_pass",
+                             [pool.submit(decode_payload, p, needed) for p in payloads])
+
+    def _finish(self, job: _PartitionJob) -> Iterator[pa.RecordBatch]:
         out = _Coalescer()
         kept_rows = 0
         dropped = 0
-        needed = self._needed()
-        if pid >= self._s.partitions:  # rows without a key value: passed through
-            for payload in payloads:
-                batch = decode_payload(payload)
+        if job.mode == "pass":
+            for future in job.futures:
+                batch = future.result()
                 kept_rows += batch.num_rows
                 yield from out.add(_clean_batch(batch))
-        elif needed is None:  # whole-record keys: every column is needed anyway
-            batches = [b for b in map(decode_payload, payloads) if b.num_rows]
-            for _, table in (_compatible_groups(batches) if batches else []):
+        elif job.mode == "single":
+            batches = [b for b in (f.result() for f in job.futures) if b.num_rows]
+            job.futures = []
+            groups = [table for _, table in _compatible_groups(batches)] if batches else []
+            del batches  # only the (filtered) tables stay referenced
+            while groups:
+                table = groups.pop(0)
                 kept, _ = self._s.winners(table)
                 dropped += table.num_rows - len(kept)
                 kept_rows += len(kept)
                 if len(kept) < table.num_rows:
-                    table = table.take(pa.array(kept, type=pa.int64()))
-                for batch in emit_table(clean_output_schema(table)):
+                    mask = np.zeros(table.num_rows, dtype=bool)
+                    mask[kept] = True
+                    table = table.filter(pa.array(mask))
+                table = clean_output_schema(table)
+                for batch in emit_table(table):
                     yield from out.add(batch)
+                del table
         else:
-            key_batches = [decode_payload(p, needed) for p in payloads]
+            key_batches = [f.result() for f in job.futures]
+            job.futures = []
             for idx, table in _compatible_groups(key_batches):
                 kept, _ = self._s.winners(table)
                 mask = np.zeros(table.num_rows, dtype=bool)
                 mask[kept] = True
+                work = []
                 offset = 0
                 for i in idx:
                     rows = key_batches[i].num_rows
                     local = mask[offset:offset + rows]
                     offset += rows
-                    n_keep = int(local.sum())
+                    n_keep = int(np.count_nonzero(local))
                     dropped += rows - n_keep
-                    if n_keep == 0:
-                        continue
-                    batch = decode_payload(payloads[i])
-                    if n_keep < rows:
-                        batch = batch.filter(pa.array(local))
                     kept_rows += n_keep
-                    yield from out.add(_clean_batch(batch))
+                    if n_keep:
+                        work.append((job.payloads[i], None if n_keep == rows else local))
+                for batch in ordered_map(_decode_kept, work):
+                    yield from out.add(batch)
         yield from out.flush()
         if dropped:
             self._metrics.records_filtered.inc(dropped)

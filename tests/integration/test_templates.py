@@ -45,8 +45,9 @@ def test_template_runs_and_accounts_for_every_record(template, tmp_path):
     for name, counts in steps.items():
         if name == "__dlq__":
             continue
-        produced = counts["records_out"] + counts["records_filtered"] + counts["records_failed"]
-        if counts["records_in"]:  # steps and sinks: in = out + filtered + DLQ
+        produced = (counts["records_out"] + counts["records_filtered"] + counts["records_grouped"]
+                    + counts["records_failed"])
+        if counts["records_in"]:  # steps and sinks: in = out + filtered + grouped + DLQ
             assert counts["records_in"] == produced, (name, counts)
     letters = _dead_letters(run_dir)
     assert len(letters) == totals["dead_letters"] == totals["dead_letters_stored"]
