@@ -7,10 +7,7 @@ their final names, writes the schema file and removes the temporary folder.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import datetime as dt
-import decimal
 import json
 import logging
 import os
@@ -191,16 +188,6 @@ def _is_nested(t: pa.DataType) -> bool:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        raw = bytes(value)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return {"base64": base64.b64encode(raw).decode("ascii")}
     return json_safe(value)
 
 

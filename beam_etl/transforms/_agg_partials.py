@@ -10,7 +10,7 @@ combiner and a streaming per-(key, window) state::
     merged = merge_partials([p1, p2, ...], keys, aggs)           # any number of times
     result = finalize(merged, keys, aggs)                        # key columns + outputs
 
-``coerce_values`` turns the inputs of ``sum``/``avg`` into numbers first and reports rows whose
+``coerce_numeric`` turns the inputs of ``sum``/``avg`` into numbers first and reports rows whose
 value cannot be aggregated. Nothing here imports Beam.
 """
 

@@ -15,7 +15,11 @@ by a stable hash of the group key into ``partitions`` parts.
 per partition and only one row per group and partition crosses the shuffle. After the shuffle
 the partials merge with one more ``group_by`` and ``finalize`` computes the outputs
 (avg = merged sum / merged count). With no keys (a global aggregate) it is a
-``CombineGlobally``, which also answers an empty input with one row.
+``CombineGlobally``, which also answers an empty input with one row (in the global window).
+
+Accounting: ``records_in = records_out (groups) + records_grouped (rows folded into groups)
++ records_failed (dead letters)``; the partial stage counts every aggregated row as grouped and
+the emit stage moves one per output group to ``records_out``.
 """
 
 from __future__ import annotations
@@ -337,7 +341,7 @@ class GroupByAggregate(beam.PTransform):
       aggregations: ``{out: {op, field}}`` or ``[{field, op, as}]``; ops: sum, avg, count
         (non-null values of ``field``, or rows without a field), min, max, count_all (rows).
       partitions: hash partitions of the shuffle (parallelism of the merge).
-      name: step name for metrics and dead letters (default: the transform label).
+      step: step name for metrics and dead letters (default: the transform label).
     """
 
     def __init__(
@@ -346,7 +350,7 @@ class GroupByAggregate(beam.PTransform):
         aggregations: Any = None,
         *,
         partitions: int = DEFAULT_PARTITIONS,
-        name: str | None = None,
+        step: str | None = None,
     ) -> None:
         super().__init__()
         if isinstance(keys, str):
@@ -373,14 +377,14 @@ class GroupByAggregate(beam.PTransform):
         self._keys = keys
         self._aggs = aggs
         self._partitions = partitions
-        self._name = name
+        self._step = step
 
     @property
     def aggregations(self) -> list[Aggregation]:
         return list(self._aggs)
 
     def step_name(self) -> str:
-        return self._name or self.label
+        return self._step or self.label
 
     def display_data(self) -> dict[str, Any]:
         return {"keys": ", ".join(self._keys) or "(global)", "aggregations": describe(self._aggs),
@@ -396,7 +400,10 @@ class GroupByAggregate(beam.PTransform):
         else:
             partials = pcoll | "Partial" >> beam.ParDo(partial_fn).with_output_types(
                 pa.Table).with_outputs(DLQ_TAG, main="partials")
-            merged = partials.partials | "Merge" >> beam.CombineGlobally(_FinalizeGlobalFn([], self._aggs))
+            combine = beam.CombineGlobally(_FinalizeGlobalFn([], self._aggs))
+            if not isinstance(pcoll.windowing.windowfn, beam.window.GlobalWindows):
+                combine = combine.without_defaults()  # one record per non-empty window
+            merged = partials.partials | "Merge" >> combine
         out = merged | "Emit" >> beam.ParDo(_EmitFn(step, bool(self._keys))).with_output_types(pa.RecordBatch)
         return out, partials[DLQ_TAG]
 
@@ -424,7 +431,8 @@ class AggregationItem(AggregationSpec):
 class GroupByAggregateConfig(registry.StrictConfig):
     """Groups records by keys and computes sum/avg/count/min/max/count_all per group."""
 
-    keys: list[str] = Field(default_factory=list, description="Group key fields; empty for one global row.")
+    keys: list[str] | str = Field(
+        default_factory=list, description="Group key fields (a list, or one field name); empty for one global row.")
     aggregations: dict[str, AggregationSpec] | list[AggregationItem] = Field(
         description="{out_name: {op, field}} (or a list of {field, op, as}).")
     partitions: int = Field(DEFAULT_PARTITIONS, ge=1, le=MAX_PARTITIONS, description="Hash partitions of the shuffle.")
@@ -433,4 +441,4 @@ class GroupByAggregateConfig(registry.StrictConfig):
 @registry.register("step", "GroupByAggregate", GroupByAggregateConfig)
 def build_group_by_aggregate(config: GroupByAggregateConfig, ctx: registry.BuildContext) -> GroupByAggregate:
     """Groups records by keys and computes sum/avg/count/min/max/count_all per group."""
-    return GroupByAggregate(config.keys, config.aggregations, partitions=config.partitions, name=ctx.step_name)
+    return GroupByAggregate(config.keys, config.aggregations, partitions=config.partitions, step=ctx.step_name)

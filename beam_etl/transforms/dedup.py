@@ -1,27 +1,39 @@
-"""Exact deduplication over Arrow batches: hash-partition, shuffle, keep one row per key.
+"""ExactDeduplicator: one record per (normalised) key, over Arrow batches with one shuffle.
 
-How it runs (one shuffle, no per-row Python)::
+How it runs::
 
-    batches --Prepare--> (partition id, IPC bytes) --GroupByKey--> Dedup partition --> batches
-                  \\--> dead letters
+    batches --Prepare--> (partition id, payload bytes) --GroupByKey--> KeepOne --> batches
+                \\--> dead letters
 
-*Prepare* (per batch): builds the normalised key columns, drops duplicates inside the batch
-(Arrow ``group_by``), computes a stable 64-bit hash of the key (numpy, the same in every
-process) and splits the batch into ``partitions`` sub-batches by ``hash % partitions``. Each
-sub-batch travels as one Arrow IPC message (optionally compressed).
+*Prepare* (per unit of about 256k rows; small input batches are combined first): builds the
+normalised key columns (``key_views``), hashes them to one stable 64-bit value per row
+(``hash_columns``: numpy only, identical in every process, unlike Python's salted ``hash``),
+drops duplicates inside the unit, orders the rows by ``hash % partitions`` and writes each
+partition's rows as one compact, zstd-compressed Arrow IPC payload (``ShuffleEncoder``). The
+compression runs on a few threads while the next unit is prepared.
 
-*Dedup partition* (per partition id): concatenates the sub-batches in the order they arrived and
-keeps one row per key with an Arrow ``group_by`` over the **real** key values, so two keys
-whose hashes collide are never merged; the hash only picks the partition.
+*KeepOne* (per partition id): decodes the key columns of the partition's payloads in arrival
+order, keeps one row per key, then decodes the payloads again and emits only the kept rows
+(small partitions are decoded once). Duplicates are found with a hash table over the 64-bit
+hashes and then confirmed by comparing the **real** key values; if two different keys ever
+share a hash, that partition falls back to an Arrow ``group_by`` over the values. The hash
+only picks candidates and partitions, it never decides that two records are equal.
 
-The hashing and partitioning helpers here (``key_views``, ``hash_columns``,
-``partition_of``) are shared with ``beam_etl.transforms.aggregate``.
+Rows whose key fields are all null are never deduplicated: they cross the shuffle under
+partition ids ``partitions .. 2*partitions-1`` and come out unchanged.
+
+Memory: on the in-process DirectRunner the runner keeps several copies of the shuffled bytes
+around the GroupByKey, so the payload encoding (integers and dates as offsets in the narrowest
+type, low-cardinality strings dictionary-encoded, other strings as lengths plus one blob, zstd)
+matters: it ships about a quarter of the Arrow in-memory size.
+
+The hashing and partitioning helpers (``hash_array``, ``hash_columns``, ``partition_of``) are
+shared with ``beam_etl.transforms.aggregate``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 from collections import deque
@@ -39,20 +51,18 @@ from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from pydantic import Field
 
 from beam_etl import registry
-from beam_etl.batch import DEFAULT_BATCH_ROWS, batch_nbytes, concat_batches
+from beam_etl.batch import DEFAULT_BATCH_ROWS, batch_nbytes, concat_batches, concat_to_batch
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG
 from beam_etl.ops.metrics import StepMetrics
+from beam_etl.transforms._agg_partials import coerce_numeric
 from beam_etl.transforms.base import FIRST_ROW_KEY, BatchResult, run_with_row_fallback
-
-_LOG = logging.getLogger(__name__)
 
 KEEP_OPTIONS = ("first", "last", "best_quality")
 COMPRESSION_OPTIONS = ("none", "lz4", "zstd")
 QUALITY_SCORE_FIELD = "_quality_score"
 DEFAULT_PARTITIONS = 8
 MAX_PARTITIONS = 4096
-_SMALL_BATCH_ROWS = 16_384  # smaller input batches are combined before the shuffle
 
 # Internal columns; they never leave the step.
 PART_COL = "__beam_etl_part"
@@ -70,7 +80,7 @@ _LEN_MULT = _U64(0x9E3779B97F4A7C15)
 _COMBINE_MULT = _U64(0xC2B2AE3D27D4EB4F)
 _POLY = 0x100000001B3  # odd, so it has an inverse modulo 2**64
 _POLY_INV = pow(_POLY, -1, 2**64)
-_HASH_CHUNK_BYTES = 1 << 20
+_HASH_CHUNK_BYTES = 1 << 18
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -83,7 +93,7 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)
 def _powers(size: int) -> tuple[np.ndarray, np.ndarray]:
     """``_POLY**i`` and ``_POLY_INV**i`` modulo 2**64 for ``i < size`` (size is a power of 2)."""
     pw = np.full(size, _POLY, dtype=np.uint64)
@@ -381,10 +391,20 @@ def select_winners(views: Sequence[Any], num_rows: int, keep: str, order: Any = 
 
 
 def quality_scores(batch: pa.RecordBatch) -> pa.Array:
-    """``_quality_score`` as float64 when the batch has it, else the count of non-null fields."""
+    """``_quality_score`` as float64 when the batch has it, else the count of non-null fields.
+
+    A ``_quality_score`` value that is not a number counts as null (it loses every comparison).
+    """
     idx = batch.schema.get_field_index(QUALITY_SCORE_FIELD)
     if idx >= 0:
-        return pc.cast(batch.column(idx), pa.float64())
+        col = batch.column(idx)
+        try:
+            values, bad = coerce_numeric(col)
+        except TypeError:
+            return pa.nulls(batch.num_rows, pa.float64())
+        if bad is not None:
+            values = pc.if_else(pa.array(bad), pa.scalar(None, values.type), values)
+        return pc.cast(values, pa.float64())
     total = np.zeros(batch.num_rows, dtype=np.float64)
     for name, col in zip(batch.schema.names, batch.columns, strict=True):
         if name in _INTERNAL:
@@ -403,7 +423,11 @@ def quality_scores(batch: pa.RecordBatch) -> pa.Array:
 
 @lru_cache(maxsize=4)
 def _ipc_options(compression: str) -> pa.ipc.IpcWriteOptions:
-    return pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
+    # Payloads are (de)compressed on the codec threads, one payload per thread.
+    return pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression, use_threads=False)
+
+
+_READ_OPTIONS = pa.ipc.IpcReadOptions(use_threads=False)
 
 
 _TAG = b"beam_etl.enc"  # field metadata: how a column was re-encoded for the shuffle
@@ -546,12 +570,13 @@ def decode_payload(payload: bytes, names: Sequence[str] | None = None) -> pa.Rec
     """Inverse of ``ShuffleEncoder.payload``; ``names`` reads (and decompresses) only those columns."""
     buf = pa.py_buffer(payload)
     if names is None:
-        batch = pa.ipc.open_stream(buf).read_next_batch()
+        batch = pa.ipc.open_stream(buf, options=_READ_OPTIONS).read_next_batch()
     else:
         schema = pa.ipc.open_stream(buf).schema
         wanted = set(names)
         fields = [i for i, n in enumerate(schema.names) if n in wanted or n.split("\x00", 1)[0] in wanted]
-        batch = pa.ipc.open_stream(buf, options=pa.ipc.IpcReadOptions(included_fields=fields)).read_next_batch()
+        options = pa.ipc.IpcReadOptions(included_fields=fields, use_threads=False)
+        batch = pa.ipc.open_stream(buf, options=options).read_next_batch()
     meta = batch.schema.metadata or {}
     if _SCHEMA not in meta:
         return batch
@@ -721,7 +746,8 @@ class _PrepareFn(beam.DoFn):
     (at the latest in ``finish_bundle``), elsewhere before ``process`` returns.
     """
 
-    MAX_IN_FLIGHT = 3  # batches being encoded at once
+    UNIT_ROWS = 4 * DEFAULT_BATCH_ROWS  # rows prepared (and split into partitions) at once
+    MAX_IN_FLIGHT = 2  # units being encoded at once
     PROBE_EVERY = 16  # while pre-dedup finds (almost) nothing, try it on every 16th batch only
 
     def __init__(self, settings: _DedupSettings, step: str) -> None:
@@ -790,17 +816,14 @@ class _PrepareFn(beam.DoFn):
             yield from self._split(batch)
             yield from self._drain(0)
             return
-        if batch.num_rows >= _SMALL_BATCH_ROWS:
-            yield from self._split(batch)
-        else:
-            # Small batches are combined first: every sub-batch costs a fixed overhead, and
-            # bigger ones compress better.
-            if self._pending and not batch.schema.equals(self._pending[0].schema):
-                yield from self._split(self._take_pending())
-            self._pending.append(batch)
-            self._pending_rows += batch.num_rows
-            if self._pending_rows >= DEFAULT_BATCH_ROWS:
-                yield from self._split(self._take_pending())
+        # Batches are combined into units of about UNIT_ROWS rows first: every sub-batch costs a
+        # fixed overhead, bigger ones compress better and more duplicates meet inside a unit.
+        if self._pending and not batch.schema.equals(self._pending[0].schema):
+            yield from self._split(self._take_pending())
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        if self._pending_rows >= self.UNIT_ROWS:
+            yield from self._split(self._take_pending())
         yield from self._drain(self.MAX_IN_FLIGHT)
 
     def finish_bundle(self) -> Iterator[Any]:
@@ -822,7 +845,7 @@ class _PrepareFn(beam.DoFn):
         pending, self._pending, self._pending_rows = self._pending, [], 0
         if len(pending) == 1:
             return pending[0]
-        return pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+        return concat_to_batch(pa.Table.from_batches(pending))
 
     def _split(self, batch: pa.RecordBatch) -> Iterator[Any]:
         m = self._metrics
@@ -856,6 +879,9 @@ class _Coalescer:
     def add(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
         if self._pending and not batch.schema.equals(self._pending[0].schema):
             yield from self.flush()
+        if not self._pending and batch.num_rows >= self._max_rows // 4:
+            yield batch  # big enough on its own: no copy
+            return
         self._pending.append(batch)
         self._rows += batch.num_rows
         if self._rows >= self._max_rows:
@@ -925,7 +951,7 @@ class _DedupPartitionFn(beam.DoFn):
     deduplicated and emitted (the last one in ``finish_bundle``).
     """
 
-    SINGLE_PASS_BYTES = 32 << 20  # compressed partitions up to this size are decoded in one pass
+    SINGLE_PASS_BYTES = 4 << 20  # compressed partitions up to this size are decoded in one pass
 
     def __init__(self, settings: _DedupSettings, step: str) -> None:
         self._s = settings
@@ -995,7 +1021,7 @@ class _DedupPartitionFn(beam.DoFn):
                     mask[kept] = True
                     table = table.filter(pa.array(mask))
                 table = clean_output_schema(table)
-                for batch in emit_table(table):
+                for batch in table.to_batches():
                     yield from out.add(batch)
                 del table
         else:
@@ -1038,7 +1064,7 @@ class ExactDeduplicator(beam.PTransform):
       order_by: field that defines first/last (and breaks best_quality ties).
       partitions: hash partitions of the shuffle (parallelism of the dedup stage).
       shuffle_compression: ``none`` | ``lz4`` | ``zstd`` for the shuffled Arrow IPC data.
-      name: step name for metrics and dead letters (default: the transform label).
+      step: step name for metrics and dead letters (default: the transform label).
     """
 
     def __init__(
@@ -1052,7 +1078,7 @@ class ExactDeduplicator(beam.PTransform):
         order_by: str | None = None,
         partitions: int = DEFAULT_PARTITIONS,
         shuffle_compression: str = "zstd",
-        name: str | None = None,
+        step: str | None = None,
     ) -> None:
         super().__init__()
         if isinstance(keys, str):
@@ -1088,10 +1114,10 @@ class ExactDeduplicator(beam.PTransform):
                              f"allowed: {', '.join(COMPRESSION_OPTIONS)}")
         self._settings = _DedupSettings(keys, trim, case_fold, collapse_whitespace, keep, order_by,
                                         partitions, shuffle_compression)
-        self._name = name
+        self._step = step
 
     def step_name(self) -> str:
-        return self._name or self.label
+        return self._step or self.label
 
     def display_data(self) -> dict[str, Any]:
         s = self._settings
@@ -1119,7 +1145,8 @@ class ExactDeduplicator(beam.PTransform):
 class ExactDeduplicatorConfig(registry.StrictConfig):
     """Drops exact duplicates: keeps one record per (normalised) key."""
 
-    keys: list[str] | None = Field(None, description="Fields that identify a record; omit to compare whole records.")
+    keys: list[str] | str | None = Field(
+        None, description="Fields that identify a record (a list, or one field name); omit to compare whole records.")
     trim: bool = Field(False, description="Strip leading/trailing whitespace from string key values.")
     case_fold: bool = Field(False, description="Compare string key values lower-cased (Unicode).")
     collapse_whitespace: bool = Field(
@@ -1136,4 +1163,4 @@ class ExactDeduplicatorConfig(registry.StrictConfig):
 @registry.register("step", "ExactDeduplicator", ExactDeduplicatorConfig)
 def build_exact_deduplicator(config: ExactDeduplicatorConfig, ctx: registry.BuildContext) -> ExactDeduplicator:
     """Drops exact duplicates: keeps one record per (normalised) key."""
-    return ExactDeduplicator(**config.model_dump(), name=ctx.step_name)
+    return ExactDeduplicator(**config.model_dump(), step=ctx.step_name)
