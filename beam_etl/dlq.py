@@ -272,6 +272,17 @@ def _template_sources(template: str) -> tuple[Path, list[tuple[str, str]]]:
     return path, sources
 
 
+def _source_schema(template: str, into: str) -> dict[str, str] | None:
+    """The ``schema`` the replaced source declares, so replayed records are typed the same way."""
+    from beam_etl.spec import load_document, resolve_template_path
+
+    for source in load_document(resolve_template_path(template)).get("sources") or []:
+        if isinstance(source, dict) and source.get("name") == into:
+            schema = (source.get("config") or {}).get("schema")
+            return dict(schema) if isinstance(schema, dict) else None
+    return None
+
+
 def cmd_replay(args: argparse.Namespace, beam_args: list[str]) -> int:
     location, files, run = resolve_target(args.target, args.root or default_root())
     template_path, sources = _template_sources(args.template)
@@ -321,8 +332,11 @@ def cmd_replay(args: argparse.Namespace, beam_args: list[str]) -> int:
         config["step"] = args.step
     if args.error_type:
         config["error_type"] = args.error_type
+    schema = _source_schema(args.template, into)
+    if schema:
+        config["schema"] = schema
     override = (into, {"type": "ReadFromDlq", "config": config})
-    return run_template(str(template_path), list(args.set), beam_args, override)
+    return run_template(str(template_path), list(args.set), beam_args, override, output_dir=args.output_dir)
 
 
 # --------------------------------------------------------------------------------------
@@ -388,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_replay.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="template override, as for python -m beam_etl.run (repeatable)")
     p_replay.add_argument("--dry-run", action="store_true", help="print what would be replayed; run nothing")
+    p_replay.add_argument("--output-dir", default=None,
+                          help="folder for the replay run's <run_id>/ (default: as for python -m beam_etl.run)")
     return parser
 
 

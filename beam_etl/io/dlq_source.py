@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 
 from beam_etl import registry
 from beam_etl.batch import DEFAULT_BATCH_ROWS, batch_nbytes
+from beam_etl.io._file_common import cast_batch, cast_error_message, type_from_name
 from beam_etl.ops import progress
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, ERROR_TYPES, dead_letter, is_dead_letter
@@ -164,8 +165,9 @@ class _ReadDlqFileDoFn(beam.DoFn):
     """Reads one DLQ file; emits batches grouped by attempt, dead-letters unreadable lines."""
 
     def __init__(self, step: str, only_step: str | None, error_type: str | None, bump_attempt: bool,
-                 batch_rows: int) -> None:
+                 batch_rows: int, schema: dict[str, str] | None = None) -> None:
         self._step = step
+        self._types = {name: type_from_name(kind, f"schema.{name}") for name, kind in (schema or {}).items()}
         self._only_step = only_step
         self._error_type = error_type
         self._bump = bump_attempt
@@ -197,19 +199,31 @@ class _ReadDlqFileDoFn(beam.DoFn):
             group = pending.setdefault(attempt, [])
             group.append((number, envelope["record"]))
             if len(group) >= self._batch_rows:
-                yield self._emit(path, attempt, pending.pop(attempt))
+                yield from self._emit(path, attempt, pending.pop(attempt))
         for attempt, group in sorted(pending.items()):
-            yield self._emit(path, attempt, group)
+            yield from self._emit(path, attempt, group)
 
-    def _emit(self, path: str, attempt: int, group: list[tuple[int, dict[str, Any]]]) -> pa.RecordBatch:
+    def _emit(self, path: str, attempt: int, group: list[tuple[int, dict[str, Any]]]) -> Iterator[Any]:
         batch = records_to_batch([record for _, record in group])
+        if self._types:  # the replaced source's schema: values that still do not cast fail again
+            outcome = cast_batch(batch, self._types)
+            for index, column, value in outcome.bad_rows:
+                self._metrics.records_failed.inc()
+                yield beam.pvalue.TaggedOutput(DLQ_TAG, dead_letter(
+                    group[index][1], error_type="type", error=cast_error_message(column, value, self._types[column]),
+                    exception="ArrowInvalid", step=self._step, source=f"{path}:{group[index][0]}", attempt=attempt,
+                    ctx=self._ctx))
+            kept = [g for i, g in enumerate(group) if outcome.bad_mask is None or not outcome.bad_mask[i].as_py()]
+            batch, group = outcome.batch, kept
+            if not group:
+                return
         batch = tag_attempt(tag_source(batch, f"dlq:{path}", group[0][0]), attempt)
         self._metrics.batches_in.inc()
         self._metrics.records_out.inc(batch.num_rows)
         nbytes = batch_nbytes(batch)
         self._metrics.bytes_in.inc(nbytes)
         progress.report_read(batch.num_rows, nbytes, where=f"dlq:{path}")
-        return batch
+        yield batch
 
 
 class ReadFromDlq(beam.PTransform):
@@ -226,6 +240,7 @@ class ReadFromDlq(beam.PTransform):
         bump_attempt: bool = True,
         *,
         batch_rows: int = DEFAULT_BATCH_ROWS,
+        schema: dict[str, str] | None = None,
         step_name: str | None = None,
         label: str | None = None,
     ) -> None:
@@ -238,6 +253,9 @@ class ReadFromDlq(beam.PTransform):
         self._error_type = error_type
         self._bump = bump_attempt
         self._batch_rows = batch_rows
+        self._schema = dict(schema or {})
+        for name, kind in self._schema.items():
+            type_from_name(kind, f"schema.{name}")
         self._step_name = step_name
 
     def display_data(self) -> dict[str, Any]:
@@ -257,7 +275,7 @@ class ReadFromDlq(beam.PTransform):
             | "Spread" >> beam.Reshuffle()
         )
         results = files | "Read" >> beam.ParDo(
-            _ReadDlqFileDoFn(step, self._only_step, self._error_type, self._bump, self._batch_rows)
+            _ReadDlqFileDoFn(step, self._only_step, self._error_type, self._bump, self._batch_rows, self._schema)
         ).with_outputs(DLQ_TAG, main="output")
         return results.output, results[DLQ_TAG]
 
@@ -285,6 +303,9 @@ class ReadFromDlqConfig(registry.StrictConfig):
     step: str | None = Field(default=None, description="Only dead letters of this step.")
     error_type: str | None = Field(default=None, description=f"Only this error type: {', '.join(ERROR_TYPES)}.")
     bump_attempt: bool = Field(default=True, description="Dead letters of the replay carry attempt + 1.")
+    schema_: dict[str, str] | None = Field(default=None, alias="schema",
+                                           description="Column -> type to cast records to (replay uses the replaced "
+                                                       "source's schema); values that do not cast go to the DLQ.")
 
     @model_validator(mode="after")
     def _validate(self) -> ReadFromDlqConfig:
@@ -295,4 +316,4 @@ class ReadFromDlqConfig(registry.StrictConfig):
 @registry.register("source", "ReadFromDlq", ReadFromDlqConfig)
 def read_from_dlq(config: ReadFromDlqConfig, ctx: registry.BuildContext) -> beam.PTransform:
     """Reads the records of dead letters back as Arrow batches (for replays)."""
-    return ReadFromDlq(**config.model_dump(), step_name=ctx.step_name)
+    return ReadFromDlq(**config.model_dump(by_alias=True), step_name=ctx.step_name)
