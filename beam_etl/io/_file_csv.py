@@ -34,6 +34,7 @@ from beam_etl.ops.dlq import dead_letter
 from beam_etl.transforms.base import tag_source
 
 PYARROW_BLOCK = 4 * 1024 * 1024
+THREADED_MAX_BYTES = 256 * 1024 * 1024  # ranges up to this size are parsed whole on all cores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +246,16 @@ class CsvReader:
 
         missing = [c for c in self.columns if c not in file_names]
         include = None if missing else self.columns
+        if not missing:
+            whole = self._read_threaded(item, file_names, include, header_in_stream)
+            if whole is not None:  # a clean range, parsed on all cores; otherwise re-read row by row below
+                table, nbytes = whole
+                valid_seen = 0
+                for batch in table.to_batches(max_chunksize=self.batch_rows):
+                    share = nbytes * batch.num_rows // max(table.num_rows, 1)
+                    yield from self._finish(batch, item, valid_seen, missing, file_names, logical_of, locate, share)
+                    valid_seen += batch.num_rows
+                return
         stream = BlockStream(utf8_blocks(item, fmt.encoding, on_bad_line, PYARROW_BLOCK * 2))
         try:
             reader = pa_csv.open_csv(
@@ -288,6 +299,39 @@ class CsvReader:
             nbytes, consumed = stream.consumed - consumed, stream.consumed
             yield from self._finish(batch, item, valid_seen, missing, file_names, logical_of, locate, nbytes)
             valid_seen += batch.num_rows
+
+    def _read_threaded(self, item: WorkItem, file_names: list[str], include: list[str] | None,
+                       header_in_stream: bool) -> tuple[pa.Table, int] | None:
+        """Parses a whole range with pyarrow's multi-threaded reader.
+
+        Returns None when the range has a malformed or undecodable line: the threaded reader
+        cannot say which line it was, so the caller re-reads the range serially to name it.
+        """
+        if item.end is None or item.end - item.start > THREADED_MAX_BYTES:
+            return None  # compressed or unsized input: stream it
+        problems: list[bool] = []
+
+        def flag_line(*_: Any) -> None:
+            problems.append(True)
+
+        def flag_row(_: Any) -> str:
+            problems.append(True)
+            return "skip"
+
+        stream = BlockStream(utf8_blocks(item, self.fmt.encoding, flag_line, PYARROW_BLOCK * 2))
+        try:
+            table = pa_csv.read_csv(
+                stream,
+                read_options=pa_csv.ReadOptions(use_threads=True, block_size=PYARROW_BLOCK,
+                                                column_names=file_names, skip_rows=1 if header_in_stream else 0),
+                parse_options=self.fmt.parse_options(flag_row),
+                convert_options=self.fmt.convert_options(file_names, include),
+            )
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            return None
+        if problems:
+            return None
+        return table, stream.consumed
 
     def _file_names(self, path: str) -> list[str] | None:
         if self.names is not None:

@@ -167,7 +167,7 @@ def test_help_explains_the_commands(capsys):
 def test_replay_dry_run_reports_selection_and_skipped_raw_records(root, template, capsys, monkeypatch):
     import beam_etl.run
 
-    monkeypatch.setattr(beam_etl.run, "run_template", lambda *a: pytest.fail("a dry run must not run"))
+    monkeypatch.setattr(beam_etl.run, "run_template", lambda *a, **k: pytest.fail("a dry run must not run"))
     code, out, _ = cli_run(capsys, "replay", RUN_A, "--root", root, "--template", template, "--dry-run")
     assert code == 0
     assert f"replay from:   {RUN_A}" in out and "2 file(s)" in out
@@ -196,7 +196,7 @@ def test_replay_hands_run_template_a_dlq_source(root, template, capsys, monkeypa
     import beam_etl.run
 
     calls = []
-    monkeypatch.setattr(beam_etl.run, "run_template", lambda *args: calls.append(args) or 0)
+    monkeypatch.setattr(beam_etl.run, "run_template", lambda *args, **kwargs: calls.append(args) or 0)
     code, _, _ = cli_run(capsys, "replay", RUN_A, "--root", root, "--template", template, "--error-type",
                          "validation", "--set", "params.x=1", "--runner=DirectRunner")
     assert code == 0
