@@ -826,55 +826,36 @@ def _build(cls: type[_ReadFiles] | type[_WriteFiles], config: registry.StrictCon
     return cls(path, step=ctx.step_name, **values)
 
 
-@registry.register("source", "ReadFromCsv", CsvReadConfig)
-def build_read_csv(config: CsvReadConfig, ctx: registry.BuildContext) -> beam.PTransform:
-    """Reads CSV files (globs, gzip/bz2/xz, split for parallel reads); bad rows go to the DLQ."""
-    return _build(ReadFromCsv, config, ctx)
+_REGISTRATIONS: tuple[tuple[str, str, type, type[registry.StrictConfig], str], ...] = (
+    ("source", "ReadFromCsv", ReadFromCsv, CsvReadConfig,
+     "Reads CSV files (globs, gzip/bz2/xz, split for parallel reads); bad rows go to the DLQ."),
+    ("source", "ReadFromJsonl", ReadFromJsonl, JsonlReadConfig,
+     "Reads JSON Lines files (one object per line); malformed lines go to the DLQ."),
+    ("source", "ReadFromJson", ReadFromJson, JsonReadConfig,
+     "Reads JSON files holding an array of objects (or one object)."),
+    ("source", "ReadFromText", ReadFromText, TextReadConfig,
+     "Reads text files as lines, regex-extracted fields or chunks."),
+    ("source", "ReadFromParquet", ReadFromParquet, ParquetReadConfig,
+     "Reads Parquet files, split by row groups."),
+    ("sink", "WriteToParquet", WriteToParquet, ParquetWriteConfig,
+     "Writes Parquet files (sharded, optionally Hive-partitioned), renamed into place atomically."),
+    ("sink", "WriteToCsv", WriteToCsv, CsvWriteConfig,
+     "Writes CSV files (sharded, optionally compressed), renamed into place atomically."),
+    ("sink", "WriteToJsonl", WriteToJsonl, JsonlWriteConfig,
+     "Writes JSON Lines files (sharded, optionally compressed), renamed into place atomically."),
+    ("sink", "WriteToJson", WriteToJson, JsonWriteConfig,
+     "Writes JSON files (an array of objects per file), renamed into place atomically."),
+)
 
 
-@registry.register("source", "ReadFromJsonl", JsonlReadConfig)
-def build_read_jsonl(config: JsonlReadConfig, ctx: registry.BuildContext) -> beam.PTransform:
-    """Reads JSON Lines files (one object per line); malformed lines go to the DLQ."""
-    return _build(ReadFromJsonl, config, ctx)
+def _register(kind: str, name: str, cls: type, config_model: type[registry.StrictConfig], summary: str) -> None:
+    def factory(config: registry.StrictConfig, ctx: registry.BuildContext) -> beam.PTransform:
+        return _build(cls, config, ctx)
+
+    factory.__doc__ = summary
+    factory.__name__ = f"build_{name}"
+    registry.register(kind, name, config_model)(factory)
 
 
-@registry.register("source", "ReadFromJson", JsonReadConfig)
-def build_read_json(config: JsonReadConfig, ctx: registry.BuildContext) -> beam.PTransform:
-    """Reads JSON files holding an array of objects (or one object)."""
-    return _build(ReadFromJson, config, ctx)
-
-
-@registry.register("source", "ReadFromText", TextReadConfig)
-def build_read_text(config: TextReadConfig, ctx: registry.BuildContext) -> beam.PTransform:
-    """Reads text files as lines, regex-extracted fields or chunks."""
-    return _build(ReadFromText, config, ctx)
-
-
-@registry.register("source", "ReadFromParquet", ParquetReadConfig)
-def build_read_parquet(config: ParquetReadConfig, ctx: registry.BuildContext) -> beam.PTransform:
-    """Reads Parquet files, split by row groups."""
-    return _build(ReadFromParquet, config, ctx)
-
-
-@registry.register("sink", "WriteToParquet", ParquetWriteConfig)
-def build_write_parquet(config: ParquetWriteConfig, ctx: registry.BuildContext) -> beam.PTransform:
-    """Writes Parquet files (sharded, optionally Hive-partitioned), renamed into place atomically."""
-    return _build(WriteToParquet, config, ctx)
-
-
-@registry.register("sink", "WriteToCsv", CsvWriteConfig)
-def build_write_csv(config: CsvWriteConfig, ctx: registry.BuildContext) -> beam.PTransform:
-    """Writes CSV files (sharded, optionally compressed), renamed into place atomically."""
-    return _build(WriteToCsv, config, ctx)
-
-
-@registry.register("sink", "WriteToJsonl", JsonlWriteConfig)
-def build_write_jsonl(config: JsonlWriteConfig, ctx: registry.BuildContext) -> beam.PTransform:
-    """Writes JSON Lines files (sharded, optionally compressed), renamed into place atomically."""
-    return _build(WriteToJsonl, config, ctx)
-
-
-@registry.register("sink", "WriteToJson", JsonWriteConfig)
-def build_write_json(config: JsonWriteConfig, ctx: registry.BuildContext) -> beam.PTransform:
-    """Writes JSON files (an array of objects per file), renamed into place atomically."""
-    return _build(WriteToJson, config, ctx)
+for _registration in _REGISTRATIONS:
+    _register(*_registration)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 import tempfile
-import uuid
 
 import apache_beam as beam
 import numpy as np
@@ -27,6 +25,7 @@ from beam_etl.transforms.aggregate import (
     MergePartialsFn,
     parse_aggregations,
 )
+from tests.collect import read_elements, write_element
 
 ALL_OPS = {
     "n": {"op": "count"},
@@ -52,25 +51,8 @@ def random_table(n: int = 5000, seed: int = 11) -> pa.Table:
     })
 
 
-def _write(element, directory: str) -> None:
-    path = os.path.join(directory, uuid.uuid4().hex)
-    if isinstance(element, pa.RecordBatch):
-        with pa.OSFile(path + ".arrow", "wb") as sink, pa.ipc.new_file(sink, element.schema) as writer:
-            writer.write_batch(element)
-    else:
-        with open(path + ".json", "w") as f:
-            json.dump(element, f)
-
-
-def _read(directory: str) -> tuple[pa.Table | None, list]:
-    files = sorted(os.listdir(directory))
-    tables = [pa.ipc.open_file(os.path.join(directory, f)).read_all() for f in files if f.endswith(".arrow")]
-    letters = []
-    for f in files:
-        if f.endswith(".json"):
-            with open(os.path.join(directory, f)) as fh:
-                letters.append(json.load(fh))
-    return (pa.concat_tables(tables) if tables else None), letters
+_write = write_element
+_read = read_elements
 
 
 def run_many(batches: list[pa.RecordBatch], variants: dict[str, dict], typed_empty: bool = False):

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 
 import apache_beam as beam
 import numpy as np
@@ -23,6 +22,7 @@ from beam_etl.ops.context import RunContext
 from beam_etl.ops.metrics import summarise
 from beam_etl.transforms import dedup
 from beam_etl.transforms.dedup import ExactDeduplicator, ExactDeduplicatorConfig
+from tests.collect import read_elements, write_element
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -58,26 +58,8 @@ def rows_of(column: str):
     return lambda b: b.column(column).to_pylist()
 
 
-def _write(element, directory: str) -> None:
-    """Collects an output element into ``directory`` (one file each; works from any worker)."""
-    path = os.path.join(directory, uuid.uuid4().hex)
-    if isinstance(element, pa.RecordBatch):
-        with pa.OSFile(path + ".arrow", "wb") as sink, pa.ipc.new_file(sink, element.schema) as writer:
-            writer.write_batch(element)
-    else:
-        with open(path + ".json", "w") as f:
-            json.dump(element, f)
-
-
-def _read(directory: str) -> tuple[pa.Table | None, list]:
-    files = sorted(os.listdir(directory))
-    batches = [pa.ipc.open_file(os.path.join(directory, f)).read_all() for f in files if f.endswith(".arrow")]
-    letters = []
-    for f in files:
-        if f.endswith(".json"):
-            with open(os.path.join(directory, f)) as fh:
-                letters.append(json.load(fh))
-    return (pa.concat_tables(batches, promote_options="permissive") if batches else None), letters
+_write = write_element
+_read = read_elements
 
 
 def run_many(batches: list[pa.RecordBatch], variants: dict[str, dict]) -> tuple[dict[str, pd.DataFrame], object]:

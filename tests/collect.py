@@ -1,0 +1,32 @@
+"""Collects a pipeline's output elements into files, so tests can read them after the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import pyarrow as pa
+
+
+def write_element(element, directory: str) -> None:
+    """Stores one output element in ``directory`` (one file each; works from any worker)."""
+    path = os.path.join(directory, uuid.uuid4().hex)
+    if isinstance(element, pa.RecordBatch):
+        with pa.OSFile(path + ".arrow", "wb") as sink, pa.ipc.new_file(sink, element.schema) as writer:
+            writer.write_batch(element)
+    else:
+        with open(path + ".json", "w") as f:
+            json.dump(element, f)
+
+
+def read_elements(directory: str) -> tuple[pa.Table | None, list]:
+    """Returns the batches (concatenated) and the other elements stored in ``directory``."""
+    files = sorted(os.listdir(directory))
+    tables = [pa.ipc.open_file(os.path.join(directory, f)).read_all() for f in files if f.endswith(".arrow")]
+    others = []
+    for f in files:
+        if f.endswith(".json"):
+            with open(os.path.join(directory, f)) as fh:
+                others.append(json.load(fh))
+    return (pa.concat_tables(tables, promote_options="permissive") if tables else None), others
