@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from beam_etl import registry
 from beam_etl.ops.context import RunContext
 from beam_etl.ops.dlq import dead_letters_to_batch
-from beam_etl.spec import PipelineSpec
+from beam_etl.spec import PipelineSpec, TemplateError
 
 DLQ_STEP = "__dlq__"
 
@@ -103,16 +103,19 @@ def build_pipeline(
     outputs: dict[str, beam.PCollection] = {}
     dead_letters: list[beam.PCollection] = []
     dlq_names: list[str] = []
-    for section, _, t in spec.transforms():
+    for section, index, t in spec.transforms():
         entry = registry.lookup(t.type)
         assert entry is not None, t.type  # validated by spec.validate_configs
-        transform = entry.factory(configs[t.name], registry.BuildContext(t.name, run))
-        if section == "sources":
-            result = pipeline | t.name >> transform
-        else:
-            inputs = [outputs[ref] for ref in t.inputs()]
-            upstream = inputs[0] if len(inputs) == 1 else inputs | f"{t.name}/Merge" >> beam.Flatten()
-            result = upstream | t.name >> transform
+        try:
+            transform = entry.factory(configs[t.name], registry.BuildContext(t.name, run))
+            if section == "sources":
+                result = pipeline | t.name >> transform
+            else:
+                inputs = [outputs[ref] for ref in t.inputs()]
+                upstream = inputs[0] if len(inputs) == 1 else inputs | f"{t.name}/Merge" >> beam.Flatten()
+                result = upstream | t.name >> transform
+        except (ValueError, TypeError) as err:  # construction-time validation (paths, schemas, options)
+            raise TemplateError(f"{section}[{index}] ({t.name}): {err}") from err
         main, dlq = _unpack(result, t.name)
         outputs[t.name] = main
         if dlq is None:

@@ -189,7 +189,6 @@ def run_template(template: str, overrides: list[str] | None = None, beam_args: l
         return EXIT_OK
     options = _beam_options(spec, beam_args or [])
     runner = options.get_all_options().get("runner") or "DirectRunner"
-    run_dir.mkdir(parents=True, exist_ok=True)
     progress.reset()
     progress.set_enabled(not quiet)
     if not quiet:
@@ -202,6 +201,12 @@ def run_template(template: str, overrides: list[str] | None = None, beam_args: l
         with use_run_context(run):
             pipeline = beam.Pipeline(options=options)
             build_pipeline(pipeline, spec, configs, run)
+    except TemplateError as err:
+        print(f"beam_etl: {redact(str(err))}", file=sys.stderr)
+        return EXIT_CONFIG
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with use_run_context(run):
             result = pipeline.run()
             result.wait_until_finish()
     except Exception as err:  # noqa: BLE001 - any failure is reported, then the run exits non-zero

@@ -122,3 +122,12 @@ def test_error_budget_fails_loudly(tmp_path):
     code, _, summary = _run("quickstart", tmp_path, "error_budget.max_count=3")
     assert code == 3
     assert summary["status"] == "failed" and "error budget exceeded" in summary["error"]
+
+
+def test_missing_input_is_a_config_error_naming_the_source(tmp_path, capsys):
+    code = run_template("quickstart", [f"params.input={tmp_path}/missing.csv"], ["--runner=DirectRunner"],
+                        output_dir=str(tmp_path / "out"), quiet=True)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "sources[0] (orders)" in err and "missing.csv" in err and "matches no file" in err
+    assert not (tmp_path / "out").exists()
