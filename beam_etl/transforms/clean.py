@@ -52,7 +52,7 @@ def null_mask(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     if pa.types.is_floating(typ):
         return as_array(pc.is_null(values, nan_is_null=True))
     if pa.types.is_string(typ) or pa.types.is_large_string(typ):
-        blank = pc.equal(pc.utf8_trim_whitespace(values), "")
+        blank = pc.or_(pc.equal(pc.binary_length(values), 0), pc.utf8_is_space(values))  # no string copies
         return as_array(pc.or_kleene(pc.is_null(values), pc.fill_null(blank, False)))
     if pa.types.is_dictionary(typ):
         return null_mask(values.dictionary_decode())
