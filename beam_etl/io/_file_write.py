@@ -211,7 +211,8 @@ class FileFormat:
         return batch
 
     def open(self, path: str, schema: pa.Schema) -> Any:
-        raise NotImplementedError
+        """Abstract: opens a shard writer for this format."""
+        raise NotImplementedError(f"{type(self).__name__} must implement open()")
 
 
 class ParquetFormat(FileFormat):

@@ -121,7 +121,24 @@ def _check_encoding(value: str) -> str:
     return value
 
 
-class CsvReadConfig(_ReadConfig, _SchemaMixin):
+class _TextInputConfig(_ReadConfig):
+    """Encoding and compression of text-based inputs (CSV, JSON, text)."""
+
+    encoding: str = Field("utf-8", description="Any Python codec; a UTF-8 byte-order mark is dropped.")
+    compression: str = Field("auto", description="auto (by extension), none, gzip, bz2 or xz.")
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: str) -> str:
+        return _check_encoding(value)
+
+    @field_validator("compression")
+    @classmethod
+    def _compression(cls, value: str) -> str:
+        return common.check_compression(value)
+
+
+class CsvReadConfig(_TextInputConfig, _SchemaMixin):
     """Reads CSV files into Arrow batches; malformed rows and values that do not cast go to the DLQ."""
 
     header: bool = Field(True, description="The first line holds the column names.")
@@ -130,9 +147,7 @@ class CsvReadConfig(_ReadConfig, _SchemaMixin):
     delimiter: str = Field(",", description="Field delimiter (one character).")
     quote_char: str | None = Field('"', description="Quote character; null or '' disables quoting.")
     escape_char: str | None = Field(None, description="Escape character (none by default).")
-    encoding: str = Field("utf-8", description="Any Python codec; a UTF-8 byte-order mark is dropped.")
     newlines_in_values: bool = Field(False, description="Quoted values may hold newlines (files read whole).")
-    compression: str = Field("auto", description="auto (by extension), none, gzip, bz2 or xz.")
     null_values: list[str] = Field(list(common.DEFAULT_NULL_VALUES), description="Strings read as null.")
 
     @field_validator("delimiter")
@@ -144,16 +159,6 @@ class CsvReadConfig(_ReadConfig, _SchemaMixin):
     @classmethod
     def _optional_char(cls, value: Any, info: Any) -> str | None:
         return _single_char(value, info.field_name, True)
-
-    @field_validator("encoding")
-    @classmethod
-    def _encoding(cls, value: str) -> str:
-        return _check_encoding(value)
-
-    @field_validator("compression")
-    @classmethod
-    def _compression(cls, value: str) -> str:
-        return common.check_compression(value)
 
     @field_validator("column_names")
     @classmethod
@@ -175,32 +180,20 @@ class CsvReadConfig(_ReadConfig, _SchemaMixin):
         return self
 
 
-class JsonlReadConfig(_ReadConfig, _SchemaMixin):
+class JsonlReadConfig(_TextInputConfig, _SchemaMixin):
     """Reads JSON Lines files (one object per line); malformed lines go to the DLQ."""
 
     encoding: str = Field("utf-8", description="Text encoding (JSON is normally UTF-8).")
-    compression: str = Field("auto", description="auto (by extension), none, gzip, bz2 or xz.")
-
-    @field_validator("encoding")
-    @classmethod
-    def _encoding(cls, value: str) -> str:
-        return _check_encoding(value)
-
-    @field_validator("compression")
-    @classmethod
-    def _compression(cls, value: str) -> str:
-        return common.check_compression(value)
 
 
 class JsonReadConfig(JsonlReadConfig):
     """Reads JSON files holding an array of objects (or one object); each file is read whole."""
 
 
-class TextReadConfig(_ReadConfig):
+class TextReadConfig(_TextInputConfig):
     """Reads text files as lines (``line``), regex fields, or chunks (``text``)."""
 
     encoding: str = Field("utf-8", description="Any Python codec.")
-    compression: str = Field("auto", description="auto (by extension), none, gzip, bz2 or xz.")
     skip_blank_lines: bool = Field(True, description="Drop lines that are empty or only whitespace.")
     regex: str | None = Field(None, description="Named groups (?P<name>...) become string columns; lines that do "
                                                 "not match go to the DLQ.")
@@ -208,16 +201,6 @@ class TextReadConfig(_ReadConfig):
                                            description="With regex: group -> type to cast extracted fields to.")
     chunk_by: str | None = Field(None, description="lines, size or paragraph: emit a `text` column of chunks.")
     chunk_size: int = Field(4096, gt=0, description="Maximum chunk size in bytes (with chunk_by).")
-
-    @field_validator("encoding")
-    @classmethod
-    def _encoding(cls, value: str) -> str:
-        return _check_encoding(value)
-
-    @field_validator("compression")
-    @classmethod
-    def _compression(cls, value: str) -> str:
-        return common.check_compression(value)
 
     @field_validator("chunk_by")
     @classmethod
@@ -449,7 +432,8 @@ class _ReadFiles(beam.PTransform):
         """Construction-time checks that need the files (header, schema sample)."""
 
     def _reader(self) -> Any:
-        raise NotImplementedError
+        """Abstract: each format's reader (CSV, JSON, text, Parquet)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _reader()")
 
     def _splittable(self) -> bool:
         return True
@@ -753,7 +737,8 @@ class _WriteFiles(beam.PTransform):
                                  f"{self.layout.prefix} (e.g. {existing[0]}); delete them or use overwrite/append")
 
     def _format(self) -> FileFormat:
-        raise NotImplementedError
+        """Abstract: each writer's file format."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _format()")
 
     def display_data(self) -> dict[str, Any]:
         return _display(self.config)

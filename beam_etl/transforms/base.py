@@ -173,7 +173,8 @@ class BatchStep(beam.PTransform):
     row_fallback = True
 
     def batch_fn(self) -> BatchFn:
-        raise NotImplementedError
+        """Abstract: subclasses return the function applied to each batch."""
+        raise NotImplementedError(f"{type(self).__name__} must implement batch_fn()")
 
     def step_name(self) -> str:
         return self.label
