@@ -5,27 +5,38 @@ BENCH_ROWS ?= 1000000 10000000
 BENCH_REPEATS ?= 3
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install run test test-unit test-integration lint bench bench-quick clean
+.PHONY: install runners run test test-unit test-integration test-runners lint bench bench-quick bench-runners clean
 
 install:  ## install pinned dependencies and beam_etl itself (editable)
 	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
 	$(PIP) install -q --no-deps -e .
 
+runners: install  ## build Prism from Beam's Go module (cached in ~/.cache/beam_etl/runners)
+	bash scripts/runners.sh prism
+
 run: install  ## run the bundled quickstart on DirectRunner
 	$(PYTHON) -m beam_etl.run --runner=DirectRunner
 
-test: install  ## the whole test suite (CI runs this)
+test: install runners  ## the whole test suite (CI runs this), Prism and portable runs included
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest tests/unit tests/integration --timeout=900
+	$(PYTHON) -m pytest tests/unit tests/integration tests/runners --timeout=900 -rs
 
 test-unit: install
 	$(PYTHON) -m pytest tests/unit --timeout=600
+
+test-runners: install runners  ## the runner matrix; Flink/Spark join when their job-server jars resolve
+	bash scripts/runners.sh jobservers || echo "Flink/Spark job-server jars unavailable: see docs/runners.md"
+	$(PYTHON) -m pytest tests/runners --timeout=1800 -rs -v
 
 lint: install
 	$(PYTHON) -m ruff check .
 
 bench: install  ## benchmarks at 1M and 10M rows; writes BENCHMARKS.md (takes long)
 	$(PYTHON) benchmarks/run_benchmarks.py --rows $(BENCH_ROWS) --repeats $(BENCH_REPEATS) --naive-repeats 3 --skip-naive-above 2000000
+
+bench-runners: install runners  ## the benchmark job at 1M rows on DirectRunner, Prism, Flink, Spark (same invocation)
+	$(PYTHON) benchmarks/run_benchmarks.py --section runners --rows 1000000 --repeats $(BENCH_REPEATS) \
+		--impls pyarrow beam_etl beam_etl_prism beam_etl_flink beam_etl_spark
 
 bench-quick: install  ## smoke-test the benchmark harness at 100k rows
 	$(PYTHON) benchmarks/run_benchmarks.py --quick

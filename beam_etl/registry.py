@@ -45,6 +45,8 @@ class BuildContext:
 
 
 Factory = Callable[[Any, BuildContext], beam.PTransform]
+Requirements = frozenset[str] | Callable[[Any], frozenset[str]]
+StreamingSupport = bool | Callable[[Any], bool]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,13 +56,30 @@ class Entry:
     factory: Factory
     config_model: type[BaseModel]
     summary: str
+    requires: Requirements = frozenset()
+    streaming: StreamingSupport = False
+
+    def features(self, config: Any) -> frozenset[str]:
+        """Runner features this transform needs with ``config`` (see ``beam_etl.runners.capabilities``)."""
+        return frozenset(self.requires(config) if callable(self.requires) else self.requires)
+
+    def supports_streaming(self, config: Any) -> bool:
+        """Whether this transform with ``config`` is correct on unbounded input."""
+        return bool(self.streaming(config) if callable(self.streaming) else self.streaming)
 
 
 _TABLE: dict[str, Entry] = {}
 
 
-def register(kind: str, name: str, config_model: type[BaseModel]) -> Callable[[Factory], Factory]:
-    """Registers ``factory`` as the builder for ``type: name`` templates."""
+def register(kind: str, name: str, config_model: type[BaseModel], *, requires: Requirements = frozenset(),
+             streaming: StreamingSupport = False) -> Callable[[Factory], Factory]:
+    """Registers ``factory`` as the builder for ``type: name`` templates.
+
+    ``requires`` names the runner features the transform needs (a set, or a function of its
+    config); ``streaming`` (a bool, or a function of its config) says whether it is correct on
+    unbounded input. The runner preflight
+    reads both before anything is submitted.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
 
@@ -68,7 +87,7 @@ def register(kind: str, name: str, config_model: type[BaseModel]) -> Callable[[F
         if name in _TABLE and _TABLE[name].factory is not factory:
             raise ValueError(f"{kind} type {name!r} is registered twice")
         summary = (factory.__doc__ or config_model.__doc__ or "").strip().splitlines()
-        _TABLE[name] = Entry(kind, name, factory, config_model, summary[0] if summary else "")
+        _TABLE[name] = Entry(kind, name, factory, config_model, summary[0] if summary else "", requires, streaming)
         return factory
 
     return decorate

@@ -7,6 +7,7 @@ Every flag this parser does not know passes through to Beam as a pipeline option
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +25,8 @@ from beam_etl.ops import progress
 from beam_etl.ops.context import RunContext, new_run_id, use_run_context
 from beam_etl.ops.metrics import COUNTERS, summarise
 from beam_etl.ops.secrets import redact
+from beam_etl.runners import PreflightError, capability_table, preflight
+from beam_etl.runners.services import runner_services
 from beam_etl.spec import (
     PipelineSpec,
     TemplateError,
@@ -51,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         "  python -m beam_etl.run --template csv_to_parquet --set params.input=in.csv\n"
         "  python -m beam_etl.run --template templates/quickstart.yaml --validate\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # --runner must reach Beam, not match one of ours by prefix
     )
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="template name in templates/ or a YAML path")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="DOTTED.KEY=VALUE",
@@ -63,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="folder for run outputs; each run writes <output-dir>/<run_id>/ (default: %(default)s)")
     parser.add_argument("--run-id", default=None, help="use this run id instead of a generated one")
     parser.add_argument("--quiet", action="store_true", help="print only the final summary line")
+    parser.add_argument("--skip-preflight", action="store_true",
+                        help="submit without the runner preflight (features, job server, workers; docs/runners.md)")
+    parser.add_argument("--list-runners", action="store_true",
+                        help="print which features each runner supports and exit")
     parser.add_argument("--log-level", default="WARNING", help="Python log level for Beam's own logs")
     return parser
 
@@ -81,7 +89,8 @@ def print_templates() -> None:
         print(f"{path.stem:28} {_template_title(path)}")
 
 
-def _beam_options(spec: PipelineSpec, beam_args: list[str]) -> PipelineOptions:
+def _beam_args(spec: PipelineSpec, beam_args: list[str]) -> list[str]:
+    """Command-line Beam options, then the template's ``options:`` for keys not given, then the default runner."""
     args = list(beam_args)
     given = {a.split("=", 1)[0].lstrip("-") for a in args if a.startswith("--")}
     for key, value in spec.options.items():
@@ -89,7 +98,7 @@ def _beam_options(spec: PipelineSpec, beam_args: list[str]) -> PipelineOptions:
             args.append(f"--{key}={value}")
     if "runner" not in given and "runner" not in spec.options:
         args.append("--runner=DirectRunner")
-    return PipelineOptions(args)
+    return args
 
 
 def _step_types(spec: PipelineSpec) -> dict[str, tuple[str, str]]:
@@ -170,8 +179,9 @@ def _load(template: str, overrides: list[str], run: RunContext,
 
 def run_template(template: str, overrides: list[str] | None = None, beam_args: list[str] | None = None,
                  source_override: tuple[str, dict[str, Any]] | None = None, output_dir: str | None = None,
-                 run_id: str | None = None, validate_only: bool = False, quiet: bool = False) -> int:
-    """Loads, validates and runs a template; returns the process exit code."""
+                 run_id: str | None = None, validate_only: bool = False, quiet: bool = False,
+                 check_runner: bool = True) -> int:
+    """Loads, validates, preflights and runs a template; returns the process exit code."""
     run_id = run_id or new_run_id()
     root = Path(output_dir or os.environ.get("BEAM_ETL_OUTPUT_DIR", DEFAULT_OUTPUT_DIR))
     run_dir = (root / run_id).resolve()
@@ -183,41 +193,60 @@ def run_template(template: str, overrides: list[str] | None = None, beam_args: l
         print(f"beam_etl: {redact(str(err))}", file=sys.stderr)
         return EXIT_CONFIG
     run = RunContext(pipeline=spec.name, run_id=run_id, run_dir=str(run_dir))
+    args = _beam_args(spec, beam_args or [])
+    report = None
+    if check_runner:
+        try:
+            report = preflight(spec, configs, args)
+        except PreflightError as err:
+            print(f"beam_etl: {redact(str(err))}", file=sys.stderr)
+            return EXIT_CONFIG
+        args += report.added_args
     if validate_only:
         print(f"template {path} is valid: pipeline {spec.name!r}")
         print("\n".join(describe_graph(spec)))
+        if report is not None:
+            print(report.describe())
         return EXIT_OK
-    options = _beam_options(spec, beam_args or [])
-    runner = options.get_all_options().get("runner") or "DirectRunner"
+    runner = report.runner if report is not None else PipelineOptions(args).get_all_options().get("runner")
+    runner = runner or "DirectRunner"
     progress.reset()
     progress.set_enabled(not quiet)
     if not quiet:
         print(f"beam_etl: running {spec.name!r} ({path.name}) on {runner}, run {run_id}", file=sys.stderr)
+        if report is not None and report.notes:
+            print(redact(report.describe()), file=sys.stderr)
     started = time.perf_counter()
     summary: dict[str, Any] = {"pipeline": spec.name, "run_id": run_id, "template": str(path), "runner": runner,
                                "overrides": [redact(o) for o in overrides or []], "run_dir": str(run_dir),
                                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    try:
-        with use_run_context(run):
-            pipeline = beam.Pipeline(options=options)
-            build_pipeline(pipeline, spec, configs, run)
-    except TemplateError as err:
-        print(f"beam_etl: {redact(str(err))}", file=sys.stderr)
-        return EXIT_CONFIG
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with use_run_context(run):
-            result = pipeline.run()
-            result.wait_until_finish()
-    except Exception as err:  # noqa: BLE001 - any failure is reported, then the run exits non-zero
-        seconds = time.perf_counter() - started
-        message = redact(f"{type(err).__name__}: {err}")
-        summary.update(status="failed", error=message, seconds=round(seconds, 3))
-        _write_summary(run_dir, summary)
-        print(f"beam_etl: run {run_id} FAILED after {seconds:.1f} s: {message}", file=sys.stderr)
-        return EXIT_FAILED
+    with contextlib.ExitStack() as stack:
+        try:
+            service_args = stack.enter_context(runner_services(report.prism_binary if report else None))
+        except RuntimeError as err:  # a runner service that would not start
+            print(f"beam_etl: {redact(str(err))}", file=sys.stderr)
+            return EXIT_FAILED
+        try:
+            with use_run_context(run):
+                pipeline = beam.Pipeline(options=PipelineOptions(args + service_args))
+                build_pipeline(pipeline, spec, configs, run)
+        except TemplateError as err:
+            print(f"beam_etl: {redact(str(err))}", file=sys.stderr)
+            return EXIT_CONFIG
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with use_run_context(run):
+                result = pipeline.run()
+                result.wait_until_finish()
+                steps = summarise(result)  # while the job service still answers
+        except Exception as err:  # noqa: BLE001 - any failure is reported, then the run exits non-zero
+            seconds = time.perf_counter() - started
+            message = redact(f"{type(err).__name__}: {err}")
+            summary.update(status="failed", error=message, seconds=round(seconds, 3))
+            _write_summary(run_dir, summary)
+            print(f"beam_etl: run {run_id} FAILED after {seconds:.1f} s: {message}", file=sys.stderr)
+            return EXIT_FAILED
     seconds = time.perf_counter() - started
-    steps = summarise(result)
     totals = compute_totals(spec, steps)
     over_budget = check_budget(spec, totals)
     summary.update(status="failed" if over_budget else "succeeded", seconds=round(seconds, 3), totals=totals,
@@ -248,8 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_templates:
         print_templates()
         return EXIT_OK
+    if args.list_runners:
+        print(capability_table())
+        return EXIT_OK
     return run_template(args.template, args.overrides, beam_args, output_dir=args.output_dir, run_id=args.run_id,
-                        validate_only=args.validate, quiet=args.quiet)
+                        validate_only=args.validate, quiet=args.quiet, check_runner=not args.skip_preflight)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TEMPLATE = HERE / "bench_job.yaml"
 NOT_AVAILABLE = 3
+REFUSED_BY_PREFLIGHT = 2  # beam_etl.run.EXIT_CONFIG: the template is valid, so the runner was refused
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rc = run_template(args.template, overrides, beam_args, **extra)
     print(f"beam_etl: rc={rc} in {time.perf_counter() - t0:.2f}s")
+    if rc == REFUSED_BY_PREFLIGHT:
+        print("beam_etl: NOT AVAILABLE: the runner preflight refused this runner here (reason above)", file=sys.stderr)
+        return NOT_AVAILABLE
     return int(rc or 0)
 
 

@@ -313,7 +313,7 @@ class ReadFromDlqConfig(registry.StrictConfig):
         return self
 
 
-@registry.register("source", "ReadFromDlq", ReadFromDlqConfig)
+@registry.register("source", "ReadFromDlq", ReadFromDlqConfig, streaming=True)
 def read_from_dlq(config: ReadFromDlqConfig, ctx: registry.BuildContext) -> beam.PTransform:
     """Reads the records of dead letters back as Arrow batches (for replays)."""
     return ReadFromDlq(**config.model_dump(by_alias=True), step_name=ctx.step_name)

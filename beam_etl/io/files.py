@@ -839,7 +839,7 @@ def _register(kind: str, name: str, cls: type, config_model: type[registry.Stric
 
     factory.__doc__ = summary
     factory.__name__ = f"build_{name}"
-    registry.register(kind, name, config_model)(factory)
+    registry.register(kind, name, config_model, streaming=kind == "source")(factory)  # writers finalise once
 
 
 for _registration in _REGISTRATIONS:

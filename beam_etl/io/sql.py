@@ -1278,7 +1278,7 @@ class WriteToSqliteConfig(registry.StrictConfig):
         return self
 
 
-@registry.register("source", "ReadFromSqlite", ReadFromSqliteConfig)
+@registry.register("source", "ReadFromSqlite", ReadFromSqliteConfig, streaming=True)
 def read_from_sqlite(config: ReadFromSqliteConfig, ctx: registry.BuildContext) -> beam.PTransform:
     """Reads an SQLite table or SELECT query as Arrow batches (parallel by key range)."""
     return ReadFromSqlite(**config.model_dump(), step_name=ctx.step_name)

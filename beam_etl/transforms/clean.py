@@ -567,7 +567,14 @@ class NullRemoverConfig(registry.StrictConfig):
         return self
 
 
-@registry.register("step", "NullRemover", NullRemoverConfig)
+def _per_batch_only(config: NullRemoverConfig) -> bool:
+    """Streaming-safe when no action needs whole-input statistics (drop_columns, mean/median/mode)."""
+    modes = [config.mode] if isinstance(config.mode, str) else list(config.mode or [])
+    global_fill = any(v in ("mean", "median", "mode") for v in config.fill_strategy.values())
+    return config.drop_columns is None and "drop_columns" not in modes and not global_fill
+
+
+@registry.register("step", "NullRemover", NullRemoverConfig, streaming=_per_batch_only)
 def build_null_remover(config: NullRemoverConfig, ctx: registry.BuildContext) -> NullRemover:
     """Drop or fill nulls; drop mostly-null columns (global statistics, one extra pass)."""
     return NullRemover(**config.kwargs(), step=ctx.step_name)

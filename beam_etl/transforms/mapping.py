@@ -1394,45 +1394,45 @@ class MapRecordsConfig(registry.StrictConfig):
         return value
 
 
-@registry.register("step", "Select", SelectConfig)
+@registry.register("step", "Select", SelectConfig, streaming=True)
 def build_select(config: SelectConfig, ctx: registry.BuildContext) -> Select:
     """Keep only the listed columns, in that order."""
     return Select(config.fields, ignore_missing=config.ignore_missing, step=ctx.step_name)
 
 
-@registry.register("step", "Rename", RenameConfig)
+@registry.register("step", "Rename", RenameConfig, streaming=True)
 def build_rename(config: RenameConfig, ctx: registry.BuildContext) -> Rename:
     """Rename columns."""
     return Rename(config.fields, ignore_missing=config.ignore_missing, step=ctx.step_name)
 
 
-@registry.register("step", "Cast", CastConfig)
+@registry.register("step", "Cast", CastConfig, streaming=True)
 def build_cast(config: CastConfig, ctx: registry.BuildContext) -> Cast:
     """Cast columns to other types; values that do not cast go to the DLQ (or become null)."""
     return Cast(config.fields, formats=config.formats, on_error=config.on_error,
                 ignore_missing=config.ignore_missing, step=ctx.step_name)
 
 
-@registry.register("step", "Filter", FilterConfig)
+@registry.register("step", "Filter", FilterConfig, streaming=True)
 def build_filter(config: FilterConfig, ctx: registry.BuildContext) -> Filter:
     """Keep rows matching an expression; the rest are counted as filtered."""
     return Filter(config.expression, step=ctx.step_name)
 
 
-@registry.register("step", "WithColumns", WithColumnsConfig)
+@registry.register("step", "WithColumns", WithColumnsConfig, streaming=True)
 def build_with_columns(config: WithColumnsConfig, ctx: registry.BuildContext) -> WithColumns:
     """Add or replace columns computed from expressions."""
     return WithColumns(config.columns, step=ctx.step_name)
 
 
-@registry.register("step", "MapBatches", MapBatchesConfig)
+@registry.register("step", "MapBatches", MapBatchesConfig, streaming=True)
 def build_map_batches(config: MapBatchesConfig, ctx: registry.BuildContext) -> MapBatches:
     """Apply a user function to each batch (Arrow or pandas)."""
     return MapBatches(config.fn, input_format=config.input_format, fn_kwargs=config.fn_kwargs,
                       row_fallback=config.row_fallback, step=ctx.step_name)
 
 
-@registry.register("step", "MapRecords", MapRecordsConfig)
+@registry.register("step", "MapRecords", MapRecordsConfig, streaming=True)
 def build_map_records(config: MapRecordsConfig, ctx: registry.BuildContext) -> MapRecords:
     """Apply a user function to each record."""
     return MapRecords(config.fn, fn_kwargs=config.fn_kwargs, step=ctx.step_name)

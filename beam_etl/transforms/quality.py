@@ -62,8 +62,9 @@ REASONS = ("null", "type", "range", "pattern", "allowed")
 HISTOGRAM_BINS = 10
 STATS_TAG = "quality_stats"
 
-SEMANTIC_TYPES = ("string", "int", "float", "bool", "date", "email", "phone", "url", "uuid", "ipv4", "country_code")
-_STRING_ONLY_TYPES = ("string", "bool", "email", "phone", "url", "uuid", "ipv4", "country_code")
+SEMANTIC_TYPES = ("string", "int", "float", "bool", "date", "email", "phone", "url", "uuid", "ipv4", "country_code",
+                  "country")
+_STRING_ONLY_TYPES = ("string", "bool", "email", "phone", "url", "uuid", "ipv4", "country_code", "country")
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 EMAIL_RE = rf"^[A-Za-z0-9._%+'-]+@{_LABEL}(?:\.{_LABEL})*\.[A-Za-z]{{2,}}$"
@@ -75,6 +76,7 @@ _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 IPV4_RE = rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}$"
 INT_RE = r"^[+-]?\d+$"
 FLOAT_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+COUNTRY_NAME_RE = r"^\s*\p{L}[\p{L}'.() -]{2,59}\s*$"  # a name such as "United Kingdom" or "Côte d'Ivoire"
 PATTERNS = {"email": EMAIL_RE, "phone": PHONE_RE, "url": URL_RE, "uuid": UUID_RE, "ipv4": IPV4_RE}
 
 # ISO 3166-1 alpha-2 codes, plus the widely used UK and XK.
@@ -96,7 +98,7 @@ def infer_semantic_type(name: str) -> str | None:
     Tokens come from splitting on non-alphanumerics and camelCase: ``email``/``e_mail`` ->
     email; ``phone``/``mobile``/``tel``/``fax`` -> phone; ``url``/``uri``/``website``/
     ``homepage`` -> url; ``date``/``dob``/``timestamp``/``datetime``/``ts`` or a trailing
-    ``at``/``on`` (``created_at``) -> date; ``country`` -> country_code; ``uuid``/``guid`` ->
+    ``at``/``on`` (``created_at``) -> date; ``country`` -> country (a code or a name); ``uuid``/``guid`` ->
     uuid; ``ip``/``ipv4`` -> ipv4.
     """
     snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
@@ -115,7 +117,7 @@ def infer_semantic_type(name: str) -> str | None:
     if words & {"ip", "ipv4"}:
         return "ipv4"
     if "country" in words:
-        return "country_code"
+        return "country"
     if words & {"date", "dob", "timestamp", "datetime", "ts"} or (len(tokens) > 1 and tokens[-1] in ("at", "on")):
         return "date"
     return None
@@ -276,8 +278,11 @@ def _typed_check(values: pa.Array, text: pa.Array | None, typ: str | None) -> tu
         if typ == "date":
             parsed = parse_datetime_strings(s)
             return _np(pc.is_valid(parsed)), parsed
-        if typ == "country_code":
-            return _np(pc.is_in(pc.utf8_upper(s), value_set=pa.array(sorted(COUNTRY_CODES)))), None
+        if typ in ("country_code", "country"):
+            ok = pc.is_in(pc.utf8_upper(pc.utf8_trim_whitespace(s)), value_set=pa.array(sorted(COUNTRY_CODES)))
+            if typ == "country":
+                ok = pc.or_(ok, pc.match_substring_regex(s, COUNTRY_NAME_RE))
+            return _np(ok), None
         ok = pc.match_substring_regex(s, PATTERNS[typ])
         if typ == "phone":
             digits = pc.utf8_length(pc.replace_substring_regex(s, r"\D", ""))

@@ -96,7 +96,7 @@ def test_weights_change_the_score():
 def test_inferred_rules_from_arrow_type_and_column_name():
     rows = [
         {"contact_email": "x@y.com", "created_at": "2024-01-05", "ratio": 0.5, "country": "de", "note": "a", "n": 1},
-        {"contact_email": "nope", "created_at": "yesterday", "ratio": float("nan"), "country": "Germany",
+        {"contact_email": "nope", "created_at": "yesterday", "ratio": float("nan"), "country": "D3",
          "note": "b", "n": 2},
         {"contact_email": None, "created_at": "05/01/2024 10:00", "ratio": 1.5, "country": "US", "note": " ", "n": 3},
     ]
@@ -109,6 +109,15 @@ def test_inferred_rules_from_arrow_type_and_column_name():
     run_step(QualityScorer(step="quality"), [batch(rows)], scored_rows_match(expected, key="note"), [])
     assert infer_semantic_type("updatedAt") == "date" and infer_semantic_type("phone_number") == "phone"
     assert infer_semantic_type("latitude") is None and infer_semantic_type("home_url") == "url"
+
+
+def test_inferred_country_takes_codes_and_names_declared_country_code_only_codes():
+    rows = [{"country": value, "k": i} for i, value in enumerate(["United Kingdom", "Côte d'Ivoire", "gb", "12"])]
+    inferred = {0: (1.0, []), 1: (1.0, []), 2: (1.0, []), 3: (0.75, ["country:type"])}  # 2 fields checked
+    run_step(QualityScorer(step="quality"), [batch(rows)], scored_rows_match(inferred, key="k"), [])
+    strict = {0: (0.75, ["country:type"]), 1: (0.75, ["country:type"]), 2: (1.0, []), 3: (0.75, ["country:type"])}
+    run_step(QualityScorer(rules={"country": {"type": "country_code"}}, step="quality"), [batch(rows)],
+             scored_rows_match(strict, key="k"), [])
 
 
 def test_semantic_type_checks_are_vectorised_per_column():
