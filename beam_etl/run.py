@@ -25,6 +25,7 @@ from beam_etl.ops import progress
 from beam_etl.ops.context import RunContext, new_run_id, use_run_context
 from beam_etl.ops.metrics import COUNTERS, summarise
 from beam_etl.ops.secrets import redact
+from beam_etl.ops.state import STATE_FILE_NAME, StateError, commit_pending, describe_change
 from beam_etl.runners import PreflightError, capability_table, preflight
 from beam_etl.runners.services import runner_services
 from beam_etl.spec import (
@@ -67,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="folder for run outputs; each run writes <output-dir>/<run_id>/ (default: %(default)s)")
     parser.add_argument("--run-id", default=None, help="use this run id instead of a generated one")
     parser.add_argument("--quiet", action="store_true", help="print only the final summary line")
+    parser.add_argument("--full-refresh", action="store_true",
+                        help="incremental sources read everything again; their saved cursors are replaced on success")
+    parser.add_argument("--state", default=None, metavar="URL",
+                        help="state store for incremental cursors: a SQLite path or postgresql://... "
+                             "(default: the template's state.url, else <output-dir>/beam_etl_state.sqlite)")
     parser.add_argument("--skip-preflight", action="store_true",
                         help="submit without the runner preflight (features, job server, workers; docs/runners.md)")
     parser.add_argument("--list-runners", action="store_true",
@@ -180,7 +186,7 @@ def _load(template: str, overrides: list[str], run: RunContext,
 def run_template(template: str, overrides: list[str] | None = None, beam_args: list[str] | None = None,
                  source_override: tuple[str, dict[str, Any]] | None = None, output_dir: str | None = None,
                  run_id: str | None = None, validate_only: bool = False, quiet: bool = False,
-                 check_runner: bool = True) -> int:
+                 check_runner: bool = True, full_refresh: bool = False, state_url: str | None = None) -> int:
     """Loads, validates, preflights and runs a template; returns the process exit code."""
     run_id = run_id or new_run_id()
     root = Path(output_dir or os.environ.get("BEAM_ETL_OUTPUT_DIR", DEFAULT_OUTPUT_DIR))
@@ -192,7 +198,9 @@ def run_template(template: str, overrides: list[str] | None = None, beam_args: l
     except TemplateError as err:
         print(f"beam_etl: {redact(str(err))}", file=sys.stderr)
         return EXIT_CONFIG
-    run = RunContext(pipeline=spec.name, run_id=run_id, run_dir=str(run_dir))
+    state = state_url or spec.state.url or str(root.resolve() / STATE_FILE_NAME)
+    run = RunContext(pipeline=spec.name, run_id=run_id, run_dir=str(run_dir), state_url=state,
+                     full_refresh=full_refresh)
     args = _beam_args(spec, beam_args or [])
     report = None
     if check_runner:
@@ -249,14 +257,27 @@ def run_template(template: str, overrides: list[str] | None = None, beam_args: l
     seconds = time.perf_counter() - started
     totals = compute_totals(spec, steps)
     over_budget = check_budget(spec, totals)
-    summary.update(status="failed" if over_budget else "succeeded", seconds=round(seconds, 3), totals=totals,
-                   steps=steps, error=over_budget)
+    changes: list[dict[str, Any]] = []
+    state_error = None
+    if not over_budget:  # every sink committed: only now may incremental cursors move
+        try:
+            changes = commit_pending(run_dir, state, spec.name, run_id)
+        except (StateError, OSError, ValueError) as err:
+            state_error = (f"the data is written but the incremental state could not be saved ({redact(str(err))}); "
+                           "the next run reads the same rows again")
+    summary.update(status="failed" if over_budget or state_error else "succeeded", seconds=round(seconds, 3),
+                   totals=totals, steps=steps, error=over_budget or state_error, state=changes)
     _write_summary(run_dir, summary)
     text = format_summary(spec, steps, totals, run, runner, seconds)
     if quiet:
         print(text.splitlines()[-3])
     else:
         print(text)
+        for change in changes:
+            print(f"incremental state saved: {describe_change(change)}")
+    if state_error:
+        print(f"\nbeam_etl: RUN FAILED: {state_error}", file=sys.stderr)
+        return EXIT_FAILED
     if over_budget:
         print(f"\nbeam_etl: RUN FAILED: {over_budget}. Inspect with: python -m beam_etl.dlq show {run_id}",
               file=sys.stderr)
@@ -281,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         print(capability_table())
         return EXIT_OK
     return run_template(args.template, args.overrides, beam_args, output_dir=args.output_dir, run_id=args.run_id,
-                        validate_only=args.validate, quiet=args.quiet, check_runner=not args.skip_preflight)
+                        validate_only=args.validate, quiet=args.quiet, check_runner=not args.skip_preflight,
+                        full_refresh=args.full_refresh, state_url=args.state)
 
 
 if __name__ == "__main__":

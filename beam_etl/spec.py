@@ -76,6 +76,13 @@ class DlqSpec(_Strict):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+class StateSpec(_Strict):
+    """Where incremental sources keep their cursors (beam_etl.ops.state)."""
+
+    url: str | None = Field(default=None, description="sqlite:///PATH, a file path, or postgresql://user:pw@host/db; "
+                                                      "default <output dir>/beam_etl_state.sqlite")
+
+
 class PipelineSpec(_Strict):
     """A whole template."""
 
@@ -85,6 +92,7 @@ class PipelineSpec(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     error_budget: ErrorBudget = Field(default_factory=ErrorBudget)
     dlq: DlqSpec = Field(default_factory=DlqSpec)
+    state: StateSpec = Field(default_factory=StateSpec)
     sources: list[TransformSpec] = Field(min_length=1)
     steps: list[TransformSpec] = Field(default_factory=list)
     sinks: list[TransformSpec] = Field(min_length=1)

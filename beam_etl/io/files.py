@@ -50,6 +50,7 @@ from beam_etl.ops.dlq import DLQ_TAG
 from beam_etl.ops.metrics import StepMetrics
 from beam_etl.ops.progress import report_read
 from beam_etl.ops.secrets import redact_mapping
+from beam_etl.ops.state import IncrementalConfig, RecordPendingState, files_state, incremental_start
 
 __all__ = [
     "ReadFromCsv", "ReadFromJson", "ReadFromJsonl", "ReadFromParquet", "ReadFromText",
@@ -87,6 +88,17 @@ class _ReadConfig(_PathConfig):
     batch_rows: int = Field(DEFAULT_BATCH_ROWS, gt=0, description="Maximum rows per emitted batch.")
     split_size: int = Field(common.DEFAULT_SPLIT_SIZE, gt=0,
                             description="Target bytes per parallel work item (uncompressed files).")
+    incremental: IncrementalConfig | None = Field(
+        None, description="{mode: new_files}: read only files not read by an earlier committed run "
+                          "(a file whose size or modification time changed counts as new).")
+
+    @field_validator("incremental")
+    @classmethod
+    def _incremental(cls, value: IncrementalConfig | None) -> IncrementalConfig | None:
+        if value is not None and value.mode != "new_files":
+            raise ValueError("file sources support incremental mode new_files only (a cursor_field needs a "
+                             "database source)")
+        return value
 
 
 class _SchemaMixin(registry.StrictConfig):
@@ -349,6 +361,9 @@ def _display(config: registry.StrictConfig) -> dict[str, Any]:
 
 # ============================================================================ reads
 
+FILES_READ_TAG = "files_read"
+
+
 class _Planner:
     """Expands the path patterns into work items at run time (callable, picklable)."""
 
@@ -357,14 +372,27 @@ class _Planner:
         self.split_size = split_size
         self.compression = compression
         self.splittable = splittable
+        self.already_read: list[dict[str, Any]] | None = None  # incremental new_files: the committed set
 
-    def __call__(self, patterns: tuple[str, ...]) -> Iterator[common.WorkItem]:
-        for meta in common.match_files(list(patterns)):
+    def __call__(self, patterns: tuple[str, ...]) -> Iterator[Any]:
+        found = common.match_files(list(patterns))
+        if self.already_read is not None:  # one listing decides both what is read and what is recorded
+            listed = [_file_entry(m) for m in found]
+            todo, processed = files_state(self.already_read, listed)
+            wanted = {e["path"] for e in todo}
+            found = [m for m in found if m.path in wanted]
+            yield beam.pvalue.TaggedOutput(FILES_READ_TAG, processed)
+        for meta in found:
             if self.kind == "parquet":
                 yield from ParquetReader.plan(meta, self.split_size)
             else:
                 codec = common.resolve_compression(meta.path, self.compression)
                 yield from common.plan_ranges(meta, self.split_size, codec, self.splittable)
+
+
+def _file_entry(meta: Any) -> dict[str, Any]:
+    return {"path": meta.path, "size": int(meta.size_in_bytes or 0), "mtime": getattr(meta, "last_updated_in_seconds",
+                                                                                       None)}
 
 
 class _ReadDoFn(beam.DoFn):
@@ -444,12 +472,18 @@ class _ReadFiles(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> tuple[beam.PCollection, beam.PCollection]:
         planner = _Planner(self.kind, self.config.split_size, getattr(self.config, "compression", "none"),
                            self._splittable())
-        items = (
+        start = None
+        if self.config.incremental is not None:
+            start = incremental_start(self.step, self.config.incremental)
+            planner.already_read = list(start.start or [])
+        planned = (
             pbegin
             | "Paths" >> beam.Create([self.patterns])
-            | "Plan" >> beam.FlatMap(planner)
-            | "Distribute" >> beam.Reshuffle()
+            | "Plan" >> beam.FlatMap(planner).with_outputs(FILES_READ_TAG, main="items")
         )
+        if start is not None:
+            _ = planned[FILES_READ_TAG] | "RecordFilesRead" >> RecordPendingState(start)
+        items = planned.items | "Distribute" >> beam.Reshuffle()
         results = items | "Read" >> beam.ParDo(_ReadDoFn(self._reader(), self.step)).with_outputs(
             DLQ_TAG, main="output")
         return results.output, results[DLQ_TAG]

@@ -22,6 +22,8 @@ class RunContext:
     pipeline: str = "adhoc"
     run_id: str = dataclasses.field(default_factory=new_run_id)
     run_dir: str = ""
+    state_url: str = ""  # incremental-load state store (beam_etl.ops.state); "" = none
+    full_refresh: bool = False  # sources ignore their saved cursors
 
 
 _ACTIVE: list[RunContext] = []
