@@ -5,7 +5,8 @@ BENCH_ROWS ?= 1000000 10000000
 BENCH_REPEATS ?= 3
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install runners run test test-unit test-integration test-runners lint bench bench-quick bench-runners clean
+.PHONY: install runners run test test-unit test-integration test-runners lint bench bench-quick bench-runners clean \
+	services-up services-down services-status
 
 install:  ## install pinned dependencies and beam_etl itself (editable)
 	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
@@ -19,6 +20,7 @@ run: install  ## run the bundled quickstart on DirectRunner
 
 test: install runners  ## the whole test suite (CI runs this), Prism and portable runs included
 	$(PYTHON) -m ruff check .
+	PYTHON=$(PYTHON) bash scripts/services.sh up
 	$(PYTHON) -m pytest tests/unit tests/integration tests/runners --timeout=900 -rs
 
 test-unit: install
@@ -40,6 +42,15 @@ bench-runners: install runners  ## the benchmark job at 1M rows on DirectRunner,
 
 bench-quick: install  ## smoke-test the benchmark harness at 100k rows
 	$(PYTHON) benchmarks/run_benchmarks.py --quick
+
+services-up: install  ## install if needed and start PostgreSQL, MariaDB, FerretDB, moto S3 on loopback (docs/services.md)
+	PYTHON=$(PYTHON) bash scripts/services.sh up
+
+services-down:  ## stop the test services (their data is kept)
+	PYTHON=$(PYTHON) bash scripts/services.sh down
+
+services-status:
+	PYTHON=$(PYTHON) bash scripts/services.sh status
 
 clean:
 	rm -rf beam_etl_output build dist *.egg-info
