@@ -1,10 +1,11 @@
-"""SQL connectors over a small dialect layer; SQLite (stdlib ``sqlite3``) for now.
+"""SQL connectors over a small dialect layer: SQLite here, PostgreSQL and MySQL/MariaDB beside it.
 
-Everything that differs between databases lives in a ``Dialect``: how to connect, how to
-quote an identifier, which placeholder the driver wants (PEP 249 ``paramstyle``), how an
-Arrow type maps to a column type and back, and how insert / upsert / replace statements
-are spelled. The connectors only speak through it, so PostgreSQL (psycopg2) and MySQL
-(pymysql) plug in later as two more ``Dialect`` subclasses.
+Everything that differs between databases lives in a ``Dialect`` (``_sql_common.py``): how to
+connect, how to quote an identifier, which placeholder the driver wants (PEP 249
+``paramstyle``), how an Arrow type maps to a column type and back, and how insert / upsert /
+replace statements are spelled. This module holds the SQLite dialect and connectors; the
+server databases share ``_sql_server_read.py`` / ``_sql_server_write.py`` and live in
+``_sql_postgres.py`` (psycopg2) and ``_sql_mysql.py`` (PyMySQL), re-exported at the bottom.
 
 ``ReadFromSqlite`` plans the read once (columns, Arrow schema, key ranges), reshuffles the
 ranges and reads each in its own DoFn with ``fetchmany``. ``WriteToSqlite`` writes one
@@ -15,12 +16,10 @@ to the dead-letter queue.
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 import datetime as dt
 import decimal
 import difflib
-import json
 import logging
 import os
 import random
@@ -39,7 +38,18 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from beam_etl import registry
-from beam_etl.batch import DEFAULT_BATCH_ROWS, batch_nbytes, json_safe, row_as_record
+from beam_etl.batch import DEFAULT_BATCH_ROWS, batch_nbytes, row_as_record
+from beam_etl.io._sql_common import (
+    DIALECTS,
+    WRITE_MODES,
+    Dialect,
+    _BatchRejected,
+    _check_identifier,
+    _check_name_list,
+    _check_positive_int,
+    _StructuralError,
+    get_dialect,
+)
 from beam_etl.ops import progress
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, dead_letter
@@ -49,159 +59,13 @@ from beam_etl.transforms.base import batch_attempt, tag_source
 
 _LOG = logging.getLogger(__name__)
 
-WRITE_MODES = ("insert", "upsert", "replace", "truncate_insert")
 ROWID_COLUMN = "__beam_etl_rowid__"
 _ROWID_ALIASES = ("rowid", "_rowid_", "oid")
-_PARAMSTYLES = ("qmark", "format", "numeric")
 
 
 # --------------------------------------------------------------------------------------
 # Dialects
 # --------------------------------------------------------------------------------------
-
-
-class Dialect(abc.ABC):
-    """What differs between SQL databases. One instance per database kind, stateless.
-
-    Subclasses set ``name``, ``paramstyle`` (PEP 249: qmark ``?``, format ``%s`` or
-    numeric ``:1``), the driver's exception classes, and implement ``connect``,
-    ``upsert_sql``, ``replace_sql`` and the type mappings.
-    """
-
-    name = "sql"
-    paramstyle = "qmark"
-    identifier_quote = '"'
-    #: driver exceptions raised for rows that break a constraint (unique, not null, check).
-    constraint_errors: tuple[type[BaseException], ...] = ()
-    #: driver exceptions raised for rows whose values cannot be bound or stored.
-    data_errors: tuple[type[BaseException], ...] = (OverflowError,)
-
-    @abc.abstractmethod
-    def connect(self, database: str, *, read_only: bool = False, timeout_s: float = 5.0, **params: Any) -> Any:
-        """Opens a DB-API connection in autocommit mode (transactions are explicit)."""
-
-    @abc.abstractmethod
-    def sql_type(self, arrow_type: pa.DataType) -> str:
-        """The column type ``CREATE TABLE`` / ``ADD COLUMN`` use for an Arrow type."""
-
-    @abc.abstractmethod
-    def arrow_type(self, declared: str) -> pa.DataType | None:
-        """The Arrow type for a declared column type; None when the type says nothing."""
-
-    @abc.abstractmethod
-    def upsert_sql(self, table: str, columns: Sequence[str], key: Sequence[str]) -> str:
-        """Insert, or update the non-key columns of the row with the same ``key``."""
-
-    @abc.abstractmethod
-    def replace_sql(self, table: str, columns: Sequence[str]) -> str:
-        """Insert, replacing whole rows that collide on any unique key."""
-
-    @abc.abstractmethod
-    def table_columns(self, conn: Any, table: str) -> dict[str, tuple[str, str]] | None:
-        """``{lower name: (name, declared type)}`` of a table, or None when it does not exist."""
-
-    @abc.abstractmethod
-    def is_transient(self, exc: BaseException) -> bool:
-        """True for errors worth retrying (locks, busy server, dropped connection)."""
-
-    def quote_identifier(self, name: str) -> str:
-        """Quotes a table or column name; embedded quote characters are doubled."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"an SQL identifier must be a non-empty string, not {name!r}")
-        if "\x00" in name:
-            raise ValueError(f"an SQL identifier cannot contain a NUL character: {name!r}")
-        q = self.identifier_quote
-        return q + name.replace(q, q + q) + q
-
-    def placeholders(self, count: int) -> str:
-        """``?, ?, ?`` (or ``%s`` / ``:1`` by paramstyle) for ``count`` positional parameters."""
-        if self.paramstyle == "qmark":
-            marks = ["?"] * count
-        elif self.paramstyle == "format":
-            marks = ["%s"] * count
-        elif self.paramstyle == "numeric":
-            marks = [f":{i + 1}" for i in range(count)]
-        else:
-            raise ValueError(f"paramstyle {self.paramstyle!r} is not one of {_PARAMSTYLES}")
-        return ", ".join(marks)
-
-    def column_list(self, columns: Sequence[str]) -> str:
-        return ", ".join(self.quote_identifier(c) for c in columns)
-
-    def insert_sql(self, table: str, columns: Sequence[str]) -> str:
-        return (
-            f"INSERT INTO {self.quote_identifier(table)} ({self.column_list(columns)}) "
-            f"VALUES ({self.placeholders(len(columns))})"
-        )
-
-    def delete_all_sql(self, table: str) -> str:
-        return f"DELETE FROM {self.quote_identifier(table)}"
-
-    def begin_write_sql(self) -> str:
-        return "BEGIN"
-
-    def create_table_sql(self, table: str, schema: pa.Schema, key: Sequence[str] = ()) -> str:
-        keys = {k.lower() for k in key}
-        cols = []
-        for field in schema:
-            not_null = " NOT NULL" if field.name.lower() in keys else ""
-            cols.append(f"{self.quote_identifier(field.name)} {self.sql_type(field.type)}{not_null}")
-        if key:
-            cols.append(f"PRIMARY KEY ({self.column_list(key)})")
-        return f"CREATE TABLE IF NOT EXISTS {self.quote_identifier(table)} ({', '.join(cols)})"
-
-    def add_column_sql(self, table: str, name: str, arrow_type: pa.DataType) -> str:
-        return (
-            f"ALTER TABLE {self.quote_identifier(table)} "
-            f"ADD COLUMN {self.quote_identifier(name)} {self.sql_type(arrow_type)}"
-        )
-
-    def classify_row_error(self, exc: BaseException) -> str | None:
-        """``constraint`` or ``type`` for errors a single row can cause; None otherwise."""
-        if self.constraint_errors and isinstance(exc, self.constraint_errors):
-            return "constraint"
-        if self.data_errors and isinstance(exc, self.data_errors):
-            return "type"
-        return None
-
-    # Arrow -> Python parameters ----------------------------------------------------------
-
-    def column_params(self, arr: pa.Array) -> list[Any]:
-        """Python values to bind for one Arrow column (vectorised casts where Arrow can).
-
-        Timestamps become ISO text (UTC with ``Z`` when zoned), dates ISO, decimals text,
-        lists/structs/maps JSON text, booleans 0/1, durations integers in their unit.
-        """
-        if isinstance(arr, pa.ChunkedArray):
-            arr = arr.combine_chunks()
-        t = arr.type
-        if pa.types.is_dictionary(t):
-            arr = arr.dictionary_decode()
-            t = arr.type
-        if pa.types.is_null(t):
-            return [None] * len(arr)
-        if pa.types.is_boolean(t):
-            return arr.cast(pa.int8()).to_pylist()
-        if pa.types.is_timestamp(t):
-            if t.tz is not None:
-                arr = arr.cast(pa.timestamp(t.unit, "UTC"))
-            return arr.cast(pa.string()).to_pylist()
-        if pa.types.is_date(t) or pa.types.is_time(t) or pa.types.is_decimal(t):
-            return arr.cast(pa.string()).to_pylist()
-        if pa.types.is_float16(t):
-            return arr.cast(pa.float64()).to_pylist()
-        if pa.types.is_duration(t):
-            return arr.cast(pa.int64()).to_pylist()
-        if pa.types.is_nested(t):
-            return [None if v is None else json.dumps(json_safe(v), ensure_ascii=False) for v in arr.to_pylist()]
-        if pa.types.is_fixed_size_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
-            return arr.cast(pa.binary()).to_pylist()
-        return arr.to_pylist()
-
-    def batch_params(self, batch: pa.RecordBatch) -> list[tuple[Any, ...]]:
-        """The rows of ``batch`` as parameter tuples for ``executemany``."""
-        columns = [self.column_params(col) for col in batch.columns]
-        return list(zip(*columns, strict=True)) if columns else [()] * batch.num_rows
 
 
 class SqliteDialect(Dialect):
@@ -313,39 +177,12 @@ class SqliteDialect(Dialect):
         return pa.float64()  # NUMERIC affinity
 
 
-DIALECTS: dict[str, Dialect] = {"sqlite": SqliteDialect()}
-
-
-def get_dialect(name: str) -> Dialect:
-    """Returns the registered dialect called ``name``."""
-    if name not in DIALECTS:
-        raise ValueError(f"dialect {name!r} is not one of {sorted(DIALECTS)}")
-    return DIALECTS[name]
+DIALECTS["sqlite"] = SqliteDialect()
 
 
 # --------------------------------------------------------------------------------------
 # Validation shared by the PTransforms and their config models
 # --------------------------------------------------------------------------------------
-
-
-def _check_identifier(field: str, value: Any) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{field}: expected a non-empty name, got {value!r}")
-    if "\x00" in value:
-        raise ValueError(f"{field}: a name cannot contain a NUL character (got {value!r})")
-
-
-def _check_name_list(field: str, value: Any, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"{field}: expected a non-empty list of column names, got {value!r}")
-    for item in value:
-        _check_identifier(field, item)
-    lowered = [v.lower() for v in value]
-    dupes = sorted({v for v in value if lowered.count(v.lower()) > 1})
-    if dupes:
-        raise ValueError(f"{field}: names repeat (SQLite names are case-insensitive): {dupes}")
 
 
 def _check_database(value: Any, must_exist: bool) -> None:
@@ -358,11 +195,6 @@ def _check_database(value: Any, must_exist: bool) -> None:
         )
     if must_exist and not os.path.isfile(os.path.expanduser(value)):
         raise ValueError(f"database: {value!r} does not exist or is not a file; give the path of an SQLite file")
-
-
-def _check_positive_int(field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{field}: expected a whole number >= 1, got {value!r}")
 
 
 def validate_read_options(
@@ -956,14 +788,6 @@ class _WriteOptions:
     retry_backoff_s: float = 0.05
 
 
-class _StructuralError(RuntimeError):
-    """A problem with the table or statement, not with any row: the run stops."""
-
-
-class _BatchRejected(Exception):
-    """A batch that cannot be written as a whole (e.g. a column missing from the table)."""
-
-
 def _retrying(opts: _WriteOptions, dialect: Dialect, fn: Any) -> Any:
     """Runs ``fn`` under the database lock, retrying transient errors with backoff.
 
@@ -1288,3 +1112,13 @@ def read_from_sqlite(config: ReadFromSqliteConfig, ctx: registry.BuildContext) -
 def write_to_sqlite(config: WriteToSqliteConfig, ctx: registry.BuildContext) -> beam.PTransform:
     """Writes Arrow batches to an SQLite table (insert, upsert, replace or truncate_insert)."""
     return WriteToSqlite(**config.model_dump(), step_name=ctx.step_name)
+
+
+# PostgreSQL and MySQL/MariaDB: importing them registers their dialects and template types.
+from beam_etl.io._sql_mysql import ReadFromMySql, WriteToMySql  # noqa: E402
+from beam_etl.io._sql_postgres import ReadFromPostgres, WriteToPostgres  # noqa: E402
+
+__all__ = [
+    "DIALECTS", "Dialect", "ReadFromMySql", "ReadFromPostgres", "ReadFromSqlite", "SqliteDialect", "WriteToMySql",
+    "WriteToPostgres", "WriteToSqlite", "get_dialect",
+]

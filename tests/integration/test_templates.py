@@ -14,6 +14,7 @@ import pytest
 from beam_etl.ops.dlq import ENVELOPE_KEYS
 from beam_etl.run import run_template
 from beam_etl.spec import list_templates
+from tests.template_services import prepared
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -21,8 +22,9 @@ TEMPLATES = [p.stem for p in list_templates()]
 
 
 def _run(template: str, tmp_path: Path, *overrides: str) -> tuple[int, Path, dict]:
-    code = run_template(template, list(overrides), ["--runner=DirectRunner"], output_dir=str(tmp_path),
-                        run_id=f"e2e-{template}", quiet=True)
+    with prepared(template) as seeded:  # services, seed tables and env for templates that need them
+        code = run_template(template, [*seeded, *overrides], ["--runner=DirectRunner"], output_dir=str(tmp_path),
+                            run_id=f"e2e-{template}", quiet=True)
     run_dir = tmp_path / f"e2e-{template}"
     summary = json.loads((run_dir / "summary.json").read_text())
     return code, run_dir, summary
