@@ -50,11 +50,13 @@ from beam_etl.io._sql_common import (
     _StructuralError,
     get_dialect,
 )
+from beam_etl.io._sql_server_read import CURSOR_TAG, _incremental_config
 from beam_etl.ops import progress
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, dead_letter
 from beam_etl.ops.metrics import StepMetrics
 from beam_etl.ops.secrets import redact
+from beam_etl.ops.state import IncrementalConfig, RecordPendingState, column_max, incremental_start
 from beam_etl.transforms.base import batch_attempt, tag_source
 
 _LOG = logging.getLogger(__name__)
@@ -518,6 +520,8 @@ class _ReadOptions:
     partition_column: str | None
     num_partitions: int
     batch_rows: int
+    cursor_field: str | None = None  # incremental: rows with cursor >= cursor_start (closed start)
+    cursor_start: Any = None
 
 
 def plan_sqlite_read(conn: Any, opts: _ReadOptions, dialect: Dialect) -> list[_ReadTask]:
@@ -584,6 +588,19 @@ def plan_sqlite_read(conn: Any, opts: _ReadOptions, dialect: Dialect) -> list[_R
     select = [f"{rowid} AS {dialect.quote_identifier(ROWID_COLUMN)}"] if rowid else []
     select += [dialect.quote_identifier(c.name) for c in columns]
     order = f" ORDER BY {rowid}" if rowid and (part_col is None or part_col == rowid) else ""
+    tasks = []
+    if opts.cursor_field is not None:
+        if opts.cursor_field not in [c.name for c in columns]:
+            raise ValueError(f"incremental.cursor_field: {opts.cursor_field!r} must be one of the columns read "
+                             f"({[c.name for c in columns]})")
+        if opts.cursor_start is not None:  # closed start: rows equal to the saved cursor are read again
+            start = opts.cursor_start
+            if isinstance(start, dt.datetime):  # stored as text by WriteToSqlite: compare in the same form
+                start = start.isoformat(sep=" ")
+            elif isinstance(start, dt.date | decimal.Decimal):
+                start = str(start)
+            pred = f"{dialect.quote_identifier(opts.cursor_field)} >= ?"
+            ranges = [(f"({where}) AND {pred}" if where else pred, (*params, start)) for where, params in ranges]
     tasks = []
     for i, (where, params) in enumerate(ranges):
         sql = f"SELECT {', '.join(select)} FROM {source}{' WHERE ' + where if where else ''}{order}"
@@ -693,6 +710,8 @@ class _ReadSqliteRangeDoFn(beam.DoFn):
         progress.report_read(len(rows), nbytes, where=self._label)
         if batch.num_rows:
             self._metrics.records_out.inc(batch.num_rows)
+            if self._opts.cursor_field is not None:
+                yield beam.pvalue.TaggedOutput(CURSOR_TAG, column_max(batch, self._opts.cursor_field))
             yield tag_source(batch, self._label, first)
 
 
@@ -722,9 +741,11 @@ class ReadFromSqlite(beam.PTransform):
         step_name: str | None = None,
         dialect: Dialect | None = None,
         label: str | None = None,
+        incremental: IncrementalConfig | dict[str, Any] | None = None,
     ) -> None:
         super().__init__(label)
         validate_read_options(database, table, query, columns, partition_column, num_partitions, batch_rows)
+        self._incremental = _incremental_config(incremental)
         self._opts = _ReadOptions(
             database=database, table=table, query=query, columns=tuple(columns) if columns else None,
             partition_column=partition_column, num_partitions=num_partitions, batch_rows=batch_rows,
@@ -748,15 +769,21 @@ class ReadFromSqlite(beam.PTransform):
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> tuple[beam.PCollection, beam.PCollection]:
         step = self._step_name or self.label
+        opts, start = self._opts, None
+        if self._incremental is not None:  # the committed cursor, read while the pipeline is built
+            start = incremental_start(step, self._incremental)
+            opts = dataclasses.replace(opts, cursor_field=self._incremental.cursor_field, cursor_start=start.start)
         tasks = (
             pbegin
             | "Start" >> beam.Create([None])
-            | "Plan" >> beam.ParDo(_PlanSqliteReadDoFn(self._opts, self._dialect))
+            | "Plan" >> beam.ParDo(_PlanSqliteReadDoFn(opts, self._dialect))
             | "Spread" >> beam.Reshuffle()
         )
         results = tasks | "Read" >> beam.ParDo(
-            _ReadSqliteRangeDoFn(self._opts, self._dialect, step)
-        ).with_outputs(DLQ_TAG, main="output")
+            _ReadSqliteRangeDoFn(opts, self._dialect, step)
+        ).with_outputs(DLQ_TAG, CURSOR_TAG, main="output")
+        if start is not None:
+            _ = results[CURSOR_TAG] | "RecordCursor" >> RecordPendingState(start)
         return results.output, results[DLQ_TAG]
 
 
@@ -1073,6 +1100,9 @@ class ReadFromSqliteConfig(registry.StrictConfig):
                                   "(default for tables: the rowid).")
     num_partitions: int = Field(default=1, description="How many key ranges to read in parallel.")
     batch_rows: int = Field(default=DEFAULT_BATCH_ROWS, description="Rows per fetch and per RecordBatch.")
+    incremental: IncrementalConfig | None = Field(
+        default=None, description="{cursor_field, primary_key, initial}: read rows with cursor_field >= the value "
+                                  "saved by the last successful run (docs/incremental.md).")
 
     @model_validator(mode="after")
     def _validate(self) -> ReadFromSqliteConfig:

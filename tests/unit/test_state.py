@@ -169,3 +169,52 @@ def test_cursor_mode_on_a_file_source_is_a_config_error(tmp_path, capsys):
     assert run_template(str(template), [], ["--runner=DirectRunner"], output_dir=str(tmp_path / "out"),
                         quiet=True) == EXIT_CONFIG
     assert "new_files only" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ SQLite cursor reads
+
+def _sqlite_template(tmp_path: Path) -> Path:
+    path = tmp_path / "sqlite_incremental.yaml"
+    path.write_text(f"""
+name: sqlite_incremental
+sources:
+  - name: src
+    type: ReadFromSqlite
+    config:
+      database: "{tmp_path / 'src.sqlite'}"
+      table: orders
+      incremental: {{cursor_field: updated_at, primary_key: [id]}}
+sinks:
+  - name: dst
+    type: WriteToSqlite
+    input: src
+    config: {{database: "{tmp_path / 'dst.sqlite'}", table: orders, mode: upsert, key: [id], create_table: true}}
+""")
+    return path
+
+
+def test_sqlite_cursor_reads_only_rows_at_or_after_the_saved_cursor(tmp_path):
+    import sqlite3
+
+    src = sqlite3.connect(tmp_path / "src.sqlite")
+    src.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, name TEXT, updated_at DATETIME)")
+    src.executemany("INSERT INTO orders VALUES (?, ?, ?)",
+                    [(1, "a", "2024-01-01 10:00:00"), (2, "b", "2024-01-01 11:00:00")])
+    src.commit()
+    template, out = _sqlite_template(tmp_path), tmp_path / "out"
+
+    def run(run_id: str) -> int:
+        assert run_template(str(template), [], ["--runner=DirectRunner"], output_dir=str(out), run_id=run_id,
+                            quiet=True) == EXIT_OK
+        return json.loads((out / run_id / "summary.json").read_text())["steps"]["src"]["records_out"]
+
+    assert run("r1") == 2
+    assert run("r2") == 1  # the row equal to the cursor, read again (closed start)
+    src.execute("INSERT INTO orders VALUES (3, 'c', '2024-01-01 12:00:00')")
+    src.execute("UPDATE orders SET name = 'A', updated_at = '2024-01-02 09:00:00' WHERE id = 1")
+    src.commit()
+    assert run("r3") == 3  # ids 1 and 3 are newer, 2 equals the saved cursor
+    dst = sqlite3.connect(tmp_path / "dst.sqlite")
+    assert dst.execute("SELECT id, name FROM orders ORDER BY id").fetchall() == [(1, "A"), (2, "b"), (3, "c")]
+    saved = open_store(str(out / "beam_etl_state.sqlite")).get("sqlite_incremental", "src")
+    assert saved.value == dt.datetime(2024, 1, 2, 9, 0)
