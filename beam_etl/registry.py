@@ -21,6 +21,7 @@ KINDS = ("source", "step", "sink")
 _BUILTIN_MODULES = (
     "beam_etl.io.files",
     "beam_etl.io.sql",
+    "beam_etl.io.mongodb",
     "beam_etl.io.dlq_source",
     "beam_etl.transforms.mapping",
     "beam_etl.transforms.clean",

@@ -14,6 +14,7 @@ import datetime as dt
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from tests.services import MONGO, MYSQL, POSTGRES, S3_SERVER, require
 
@@ -113,12 +114,74 @@ def _mysql_to_postgres() -> Iterator[list[str]]:
             _pg_execute(f'DROP TABLE IF EXISTS "{target}"')
 
 
+def _s3_env() -> dict[str, str]:
+    return {**S3_SERVER.aws_env(), "AWS_ENDPOINT_URL": S3_SERVER.endpoint}
+
+
+def _s3_client() -> Any:
+    import boto3
+
+    env = S3_SERVER.aws_env()
+    return boto3.client("s3", endpoint_url=S3_SERVER.endpoint, region_name="us-east-1",
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+
+
+def _drop_bucket(client: Any, bucket: str) -> None:
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
+    client.delete_bucket(Bucket=bucket)
+
+
+@contextlib.contextmanager
+def _mongodb_to_s3_parquet() -> Iterator[list[str]]:
+    import pymongo
+
+    require("ferretdb")
+    require("s3")
+    database, collection, bucket = "beam_etl_test", _unique("orders"), _unique("lake").replace("_", "-")
+    client = pymongo.MongoClient(MONGO.uri, serverSelectionTimeoutMS=5000)
+    docs = [{"order_id": i, "country": country, "amount": amount, "ordered_at": ts,
+             "status": ("paid", "shipped", "delivered")[i % 3],
+             "customer": {"name": f"c{i % 17}", "tags": ["vip"] if i % 10 == 0 else []}}
+            for i, country, amount, ts in _orders()]
+    client[database][collection].insert_many(docs)
+    s3 = _s3_client()
+    s3.create_bucket(Bucket=bucket)
+    with _env({**_s3_env(), "MONGO_URI": MONGO.uri}):
+        try:
+            yield [f"params.database={database}", f"params.collection={collection}", f"params.bucket={bucket}"]
+        finally:
+            client[database][collection].drop()
+            client.close()
+            _drop_bucket(s3, bucket)
+
+
+@contextlib.contextmanager
+def _s3_to_postgres() -> Iterator[list[str]]:
+    from beam_etl.spec import PACKAGE_DATA_DIR
+
+    require("s3")
+    require("postgres")
+    bucket, table = _unique("landing").replace("_", "-"), _unique("orders")
+    s3 = _s3_client()
+    s3.create_bucket(Bucket=bucket)
+    s3.upload_file(str(PACKAGE_DATA_DIR / "customers_orders.csv"), bucket, "orders/customers_orders.csv")
+    with _env({**_s3_env(), **_pg_env()}):
+        try:
+            yield [f"params.input=s3://{bucket}/orders/*.csv", f"params.table={table}"]
+        finally:
+            _drop_bucket(s3, bucket)
+            _pg_execute(f'DROP TABLE IF EXISTS "{table}"')
+
+
 PREPARERS: dict[str, Callable[[], contextlib.AbstractContextManager[list[str]]]] = {
     "csv_to_postgres": _csv_to_postgres,
     "postgres_to_parquet": _postgres_to_parquet,
     "mysql_to_postgres": _mysql_to_postgres,
+    "mongodb_to_s3_parquet": _mongodb_to_s3_parquet,
+    "s3_to_postgres": _s3_to_postgres,
 }
-_ = (MONGO, S3_SERVER)  # used by the object-store templates' preparers
 
 
 @contextlib.contextmanager

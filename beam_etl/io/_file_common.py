@@ -23,6 +23,10 @@ import pyarrow.compute as pc
 from apache_beam.io.filesystem import CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
+from beam_etl.io import _file_s3
+
+_file_s3.install()  # s3:// calls reuse one boto3 client per settings instead of building one per call
+
 DEFAULT_SPLIT_SIZE = 64 * 1024 * 1024
 SAMPLE_BYTES = 1024 * 1024
 BLOCK_BYTES = 8 * 1024 * 1024
@@ -82,6 +86,9 @@ def as_path_list(path: str | list[str] | tuple[str, ...], field: str = "path") -
     return [p.strip() for p in paths]
 
 
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
 def is_local(path: str) -> bool:
     return FileSystems.get_scheme(path) in (None, "file")
 
@@ -91,16 +98,46 @@ def _hidden(path: str, root: str) -> bool:
     return any(part.startswith((".", "_")) for part in re.split(r"[/\\]", rel) if part)
 
 
+def _folder_files(root: str) -> list[FileMetadata]:
+    """Every visible file below ``root`` (hidden ``.``/``_`` names and folder markers left out)."""
+    found = FileSystems.match([root + "/**"])[0].metadata_list
+    return sorted((m for m in found if not _hidden(m.path, root) and not m.path.endswith("/")),
+                  key=lambda m: m.path)
+
+
 def expand_pattern(pattern: str) -> list[FileMetadata]:
-    """Files a pattern names, sorted by path; a folder means every visible file below it."""
+    """Files a pattern names, sorted by path; a folder means every visible file below it.
+
+    On object stores (``s3://``, ``gs://``) a path without glob characters that ends in ``/``,
+    or that names no object, is read as a folder: every object under ``path/``.
+    """
     import os
 
-    if is_local(pattern) and os.path.isdir(pattern):
-        root = pattern.rstrip("/\\")
-        found = FileSystems.match([root + "/**"])[0].metadata_list
-        return sorted((m for m in found if not _hidden(m.path, root)), key=lambda m: m.path)
+    if is_local(pattern):
+        if os.path.isdir(pattern):
+            return _folder_files(pattern.rstrip("/\\"))
+    elif not _GLOB_CHARS.search(pattern):
+        if not pattern.endswith("/"):
+            found = FileSystems.match([pattern])[0].metadata_list
+            if found:
+                return found
+        return _folder_files(pattern.rstrip("/"))
     found = FileSystems.match([pattern])[0].metadata_list
     return sorted(found, key=lambda m: m.path)
+
+
+def object_store_problem(path: str) -> str:
+    """For an ``s3://`` path: '' when its bucket answers, else a missing bucket, refused access or an
+    unreachable endpoint, naming the bucket and the endpoint (settings as Beam's S3 filesystem uses:
+    the pipeline's ``S3Options``, else boto3's standard chain and ``AWS_ENDPOINT_URL``)."""
+    if FileSystems.get_scheme(path) != "s3":
+        return ""
+    return _file_s3.bucket_problem(path, FileSystems._pipeline_options)  # what FileSystems.get_filesystem uses
+
+
+def _hint(path: str) -> str:
+    problem = object_store_problem(path)
+    return f"; {problem}" if problem else ""
 
 
 def match_files(patterns: list[str], field: str = "path") -> list[FileMetadata]:
@@ -108,6 +145,11 @@ def match_files(patterns: list[str], field: str = "path") -> list[FileMetadata]:
     files: list[FileMetadata] = []
     seen: set[str] = set()
     for pattern in patterns:
+        problem = object_store_problem(pattern)
+        if "does not exist" in problem:
+            raise ValueError(f"{field}: {pattern!r} matches no file: {problem}")
+        if problem:
+            raise ValueError(f"{field}: cannot list {pattern!r}: {problem}")
         try:
             found = expand_pattern(pattern)
         except Exception as exc:
@@ -166,7 +208,10 @@ class WriteStream:
 
     def __init__(self, path: str, compression: str = "none") -> None:
         self.path = path
-        self._raw = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        try:
+            self._raw = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        except Exception as exc:  # e.g. S3ClientError NoSuchBucket: name the file
+            raise OSError(f"cannot create {path}: {exc}{_hint(path)}") from exc
         if compression == "gzip":
             self.stream: Any = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6)
         elif compression == "bz2":

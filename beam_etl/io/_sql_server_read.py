@@ -34,7 +34,14 @@ from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, dead_letter
 from beam_etl.ops.metrics import NAMESPACE_PREFIX, StepMetrics
 from beam_etl.ops.secrets import redact
-from beam_etl.ops.state import IncrementalConfig, RecordPendingState, column_max, incremental_start
+from beam_etl.ops.state import (
+    CURSOR_TAG,
+    IncrementalConfig,
+    RecordPendingState,
+    column_max,
+    cursor_config,
+    incremental_start,
+)
 from beam_etl.transforms.base import tag_source
 
 _LOG = logging.getLogger(__name__)
@@ -513,9 +520,6 @@ class _ReadServerPartitionDoFn(beam.DoFn):
         return wanted if wanted in names else next(n for n in names if n.lower() == wanted.lower())
 
 
-CURSOR_TAG = "cursor"
-
-
 class ServerRead(beam.PTransform):
     """Plans a partitioned read once, reshuffles the partitions and reads each in its own DoFn."""
 
@@ -526,7 +530,7 @@ class ServerRead(beam.PTransform):
         super().__init__(label)
         self._opts = opts
         self._step_name = step_name
-        self._incremental = _incremental_config(incremental)
+        self._incremental = cursor_config(incremental)
 
     def display_data(self) -> dict[str, Any]:
         o = self._opts
@@ -562,13 +566,3 @@ class ServerRead(beam.PTransform):
             _ = results[CURSOR_TAG] | "RecordCursor" >> RecordPendingState(start)
         return results.output, results[DLQ_TAG]
 
-
-def _incremental_config(value: IncrementalConfig | dict[str, Any] | None) -> IncrementalConfig | None:
-    """Validates ``incremental``: database reads keep a cursor column (mode cursor)."""
-    if value is None:
-        return None
-    config = value if isinstance(value, IncrementalConfig) else IncrementalConfig.model_validate(value)
-    if config.mode != "cursor":
-        raise ValueError("incremental.mode: database reads keep a cursor_field (mode: cursor); new_files is for "
-                         "file sources")
-    return config

@@ -764,6 +764,10 @@ class _WriteFiles(beam.PTransform):
         self.partition_by = list(getattr(self.config, "partition_by", None) or [])
         self.layout = Layout(self.config.path, self.fmt.extension, self.fmt.compression_suffix,
                              bool(self.partition_by), self.config.mode, new_token())
+        if not common.is_local(self.config.path):
+            problem = common.object_store_problem(self.config.path)
+            if "does not exist" in problem:  # found out now rather than after the shards are written
+                raise ValueError(f"{name}: path: cannot write {self.config.path!r}: {problem}")
         if self.config.mode == "error_if_exists" and common.is_local(self.config.path):
             existing = self.layout.existing_files()
             if existing:

@@ -50,13 +50,19 @@ from beam_etl.io._sql_common import (
     _StructuralError,
     get_dialect,
 )
-from beam_etl.io._sql_server_read import CURSOR_TAG, _incremental_config
 from beam_etl.ops import progress
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, dead_letter
 from beam_etl.ops.metrics import StepMetrics
 from beam_etl.ops.secrets import redact
-from beam_etl.ops.state import IncrementalConfig, RecordPendingState, column_max, incremental_start
+from beam_etl.ops.state import (
+    CURSOR_TAG,
+    IncrementalConfig,
+    RecordPendingState,
+    column_max,
+    cursor_config,
+    incremental_start,
+)
 from beam_etl.transforms.base import batch_attempt, tag_source
 
 _LOG = logging.getLogger(__name__)
@@ -745,7 +751,7 @@ class ReadFromSqlite(beam.PTransform):
     ) -> None:
         super().__init__(label)
         validate_read_options(database, table, query, columns, partition_column, num_partitions, batch_rows)
-        self._incremental = _incremental_config(incremental)
+        self._incremental = cursor_config(incremental)
         self._opts = _ReadOptions(
             database=database, table=table, query=query, columns=tuple(columns) if columns else None,
             partition_column=partition_column, num_partitions=num_partitions, batch_rows=batch_rows,

@@ -284,6 +284,20 @@ class IncrementalConfig(registry.StrictConfig):
         return self
 
 
+CURSOR_TAG = "cursor"  # the tagged output on which a database read reports its batches' cursor maxima
+
+
+def cursor_config(value: IncrementalConfig | dict[str, Any] | None) -> IncrementalConfig | None:
+    """Validates a database source's ``incremental``: it keeps a cursor column (mode cursor)."""
+    if value is None:
+        return None
+    config = value if isinstance(value, IncrementalConfig) else IncrementalConfig.model_validate(value)
+    if config.mode != "cursor":
+        raise ValueError("incremental.mode: database reads keep a cursor_field (mode: cursor); new_files is for "
+                         "file sources")
+    return config
+
+
 @dataclasses.dataclass(frozen=True)
 class IncrementalStart:
     """Where a source starts: the committed value (None = from the beginning) and where pending goes."""

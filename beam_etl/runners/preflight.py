@@ -22,6 +22,7 @@ from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOpt
 from beam_etl import registry
 from beam_etl.runners import locate
 from beam_etl.runners.capabilities import BEAM_VERSION, FEATURES, RunnerProfile, profile_for
+from beam_etl.runners.direct import QUALIFIED_NAME
 from beam_etl.spec import PipelineSpec, TemplateError
 
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
@@ -33,7 +34,7 @@ _JOB_SERVER_COORDINATES = {
 }
 
 
-FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner"
+FN_API_RUNNER = QUALIFIED_NAME  # DirectRunner's batch engine, options provisioned, no Prism attempt
 
 
 class PreflightError(TemplateError):
