@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from beam_etl import registry
-from beam_etl.ops.secrets import register_secret
+from beam_etl.ops.secrets import is_secret_env, register_secret
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 PACKAGE_TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -265,7 +265,8 @@ def _substitute(node: Any, variables: dict[str, Any], path: str) -> Any:
     def env(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in os.environ:
-            register_secret(os.environ[name])
+            if is_secret_env(name):  # PGHOST stays readable in messages; PGPASSWORD never shows
+                register_secret(os.environ[name])
             return os.environ[name]
         if default is not None:
             return default

@@ -163,7 +163,7 @@ def _s3_to_postgres() -> Iterator[list[str]]:
 
     require("s3")
     require("postgres")
-    bucket, table = _unique("landing").replace("_", "-"), _unique("orders")
+    bucket, table = "beam-etl-tpl-landing", _unique("orders")  # fixed: the bucket name shows in dead letters
     s3 = _s3_client()
     s3.create_bucket(Bucket=bucket)
     s3.upload_file(str(PACKAGE_DATA_DIR / "customers_orders.csv"), bucket, "orders/customers_orders.csv")

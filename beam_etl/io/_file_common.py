@@ -711,3 +711,22 @@ def strip_source_metadata(schema: pa.Schema) -> pa.Schema:
     """Drops beam_etl's own schema metadata (source tags) before a schema is written out."""
     meta = {k: v for k, v in (schema.metadata or {}).items() if not k.startswith(b"beam_etl.")}
     return schema.with_metadata(meta or None) if meta else schema.remove_metadata()
+
+
+class WorkerFileSystems:
+    """The pipeline's options for Beam ``FileSystems``, carried to workers that were started without them.
+
+    Beam's Python worker pool (``worker_pool_main``, the EXTERNAL environment) starts SDK
+    harnesses without calling ``FileSystems.set_options``, so ``s3://`` paths fail there with
+    "Must provide one of client or options". Transforms keep the options they were built with
+    and call ``ensure()`` where their workers touch files.
+    """
+
+    def __init__(self, options: Any) -> None:
+        self._flags = options.get_all_options(drop_default=True) if options is not None else None
+
+    def ensure(self) -> None:
+        if self._flags and getattr(FileSystems, "_pipeline_options", None) is None:
+            from apache_beam.options.pipeline_options import PipelineOptions
+
+            FileSystems.set_options(PipelineOptions.from_dictionary(self._flags))

@@ -373,8 +373,11 @@ class _Planner:
         self.compression = compression
         self.splittable = splittable
         self.already_read: list[dict[str, Any]] | None = None  # incremental new_files: the committed set
+        self.filesystems: common.WorkerFileSystems | None = None
 
     def __call__(self, patterns: tuple[str, ...]) -> Iterator[Any]:
+        if self.filesystems is not None:
+            self.filesystems.ensure()
         found = common.match_files(list(patterns))
         if self.already_read is not None:  # one listing decides both what is read and what is recorded
             listed = [_file_entry(m) for m in found]
@@ -398,11 +401,14 @@ def _file_entry(meta: Any) -> dict[str, Any]:
 class _ReadDoFn(beam.DoFn):
     """Reads one work item; counts rows out, dead letters and bytes; reports progress."""
 
-    def __init__(self, reader: Any, step: str) -> None:
+    def __init__(self, reader: Any, step: str, filesystems: common.WorkerFileSystems | None = None) -> None:
         self._reader = reader
         self._step = step
+        self._filesystems = filesystems
 
     def setup(self) -> None:
+        if self._filesystems is not None:
+            self._filesystems.ensure()
         self._metrics = StepMetrics(self._step)
 
     def process(self, item: common.WorkItem) -> Iterator[Any]:
@@ -472,6 +478,8 @@ class _ReadFiles(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> tuple[beam.PCollection, beam.PCollection]:
         planner = _Planner(self.kind, self.config.split_size, getattr(self.config, "compression", "none"),
                            self._splittable())
+        filesystems = common.WorkerFileSystems(pbegin.pipeline.options)
+        planner.filesystems = filesystems
         start = None
         if self.config.incremental is not None:
             start = incremental_start(self.step, self.config.incremental)
@@ -484,7 +492,7 @@ class _ReadFiles(beam.PTransform):
         if start is not None:
             _ = planned[FILES_READ_TAG] | "RecordFilesRead" >> RecordPendingState(start)
         items = planned.items | "Distribute" >> beam.Reshuffle()
-        results = items | "Read" >> beam.ParDo(_ReadDoFn(self._reader(), self.step)).with_outputs(
+        results = items | "Read" >> beam.ParDo(_ReadDoFn(self._reader(), self.step, filesystems)).with_outputs(
             DLQ_TAG, main="output")
         return results.output, results[DLQ_TAG]
 
@@ -680,7 +688,11 @@ class _WriteBundleDoFn(beam.DoFn):
     def __init__(self, fmt: FileFormat, layout: Layout, partition_by: list[str], step: str, ctx: Any) -> None:
         self._fmt, self._layout, self._partition_by, self._step, self._ctx = fmt, layout, partition_by, step, ctx
 
+    filesystems: common.WorkerFileSystems | None = None  # set by _WriteFiles.expand
+
     def setup(self) -> None:
+        if self.filesystems is not None:
+            self.filesystems.ensure()
         self._metrics = StepMetrics(self._step)
 
     def start_bundle(self) -> None:
@@ -745,6 +757,12 @@ class _FinalizeDoFn(beam.DoFn):
         self._fmt, self._layout, self._num_shards, self._schema_json, self._step = (
             fmt, layout, num_shards, schema_json, step)
 
+    filesystems: common.WorkerFileSystems | None = None  # set by _WriteFiles.expand
+
+    def setup(self) -> None:
+        if self.filesystems is not None:
+            self.filesystems.ensure()
+
     def process(self, records: list[dict[str, Any]]) -> Iterator[str]:
         yield from finalize(records, self._fmt, self._layout, self._num_shards, self._schema_json, self._step)
 
@@ -783,23 +801,27 @@ class _WriteFiles(beam.PTransform):
 
     def expand(self, pcoll: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
         c = self.config
+        filesystems = common.WorkerFileSystems(pcoll.pipeline.options)
         batches = pcoll | "ToBatches" >> beam.ParDo(_ToBatchesDoFn())
         if c.num_shards:
+            writer: _WriteBundleDoFn = _WriteShardDoFn(self.fmt, self.layout, self.partition_by, self.step, self._ctx)
+            writer.filesystems = filesystems
             written = (
                 batches
                 | "AssignShards" >> beam.ParDo(_AssignShardDoFn(c.num_shards))
                 | "GroupShards" >> beam.GroupByKey()
-                | "WriteShards" >> beam.ParDo(_WriteShardDoFn(self.fmt, self.layout, self.partition_by, self.step,
-                                                              self._ctx)).with_outputs(DLQ_TAG, main="files")
+                | "WriteShards" >> beam.ParDo(writer).with_outputs(DLQ_TAG, main="files")
             )
         else:
-            written = batches | "WriteBundles" >> beam.ParDo(
-                _WriteBundleDoFn(self.fmt, self.layout, self.partition_by, self.step, self._ctx)
-            ).with_outputs(DLQ_TAG, main="files")
+            writer = _WriteBundleDoFn(self.fmt, self.layout, self.partition_by, self.step, self._ctx)
+            writer.filesystems = filesystems
+            written = batches | "WriteBundles" >> beam.ParDo(writer).with_outputs(DLQ_TAG, main="files")
+        finalizer = _FinalizeDoFn(self.fmt, self.layout, c.num_shards, c.schema_json_, self.step)
+        finalizer.filesystems = filesystems
         final = (
             written.files
             | "CollectFiles" >> beam.combiners.ToList()
-            | "Finalize" >> beam.ParDo(_FinalizeDoFn(self.fmt, self.layout, c.num_shards, c.schema_json_, self.step))
+            | "Finalize" >> beam.ParDo(finalizer)
         )
         return final, written[DLQ_TAG]
 

@@ -9,6 +9,13 @@ _SECRETS: set[str] = set()
 _MIN_SECRET_LEN = 4
 REDACTED = "***"
 SECRET_KEY_RE = re.compile(r"(password|passwd|secret|token|api[_-]?key|credential)", re.IGNORECASE)
+#: environment variables whose values are secrets (or may embed one, like a connection URI)
+SECRET_ENV_RE = re.compile(r"(pass|pwd|secret|token|key|credential|auth|private|uri|url|dsn|conn)", re.IGNORECASE)
+
+
+def is_secret_env(name: str) -> bool:
+    """Whether ``${name}`` holds a secret: PGPASSWORD, AWS_SECRET_ACCESS_KEY, MONGO_URI, API_TOKEN, ..."""
+    return bool(SECRET_ENV_RE.search(name))
 
 
 def register_secret(value: str) -> None:

@@ -119,8 +119,8 @@ def snapshot(run_dir: Path) -> dict[str, list[Any]]:
     grouped: dict[str, list[Any]] = {}
     for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
         relative = path.relative_to(run_dir).as_posix()
-        if path.name in SKIPPED_FILES or path.name.startswith("."):
-            continue
+        if path.name in SKIPPED_FILES or path.name.startswith(".") or relative.startswith("_state/"):
+            continue  # _state/: incremental bookkeeping (file mtimes), not output
         for sub, rows in read_rows(path).items():
             grouped.setdefault(logical_name(relative) + sub, []).extend(_normalise(r) for r in rows)
     return {name: sorted(rows, key=_sort_key) for name, rows in grouped.items()}

@@ -6,6 +6,7 @@ be had the tests that need it fail with the reason (they are never skipped silen
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from beam_etl.runners import locate
+from tests.services import S3_SERVER
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,9 +28,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(command: list[str], port: int, log: Path, what: str, timeout_s: float = 60) -> subprocess.Popen:
+def _start(command: list[str], port: int, log: Path, what: str, timeout_s: float = 60,
+           env: dict[str, str] | None = None) -> subprocess.Popen:
     handle = log.open("w")
-    proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
+                            env={**os.environ, **env} if env else None)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -77,7 +81,9 @@ def worker_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Beam's Python worker pool, the EXTERNAL environment clusters use instead of Docker."""
     port = _free_port()
     log = tmp_path_factory.mktemp("worker_pool") / "worker_pool.log"
+    # A worker pool sidecar carries its cluster's object-store settings (here: the test S3 server's).
+    env = {**S3_SERVER.aws_env(), "AWS_ENDPOINT_URL": S3_SERVER.endpoint}
     proc = _start([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
-                  port, log, "Beam worker pool")
+                  port, log, "Beam worker pool", env=env)
     yield f"localhost:{port}"
     _stop(proc)

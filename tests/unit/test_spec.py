@@ -98,6 +98,18 @@ def test_env_substitution_registers_secret(monkeypatch, tmp_path):
     assert str(tmp_path) not in redact(f"opened {tmp_path}/x.csv")
 
 
+def test_only_secret_looking_env_names_are_registered(monkeypatch, tmp_path):
+    (tmp_path / "z.csv").write_text("id\n1\n")
+    monkeypatch.setenv("BEAM_ETL_TEST_HOST_DIR", str(tmp_path / "plain-dir-value"))
+    monkeypatch.setenv("BEAM_ETL_TEST_DB_PASS", "pw-canary-8841")
+    d = doc()
+    d["sources"][0]["config"]["path"] = str(tmp_path / "z.csv")
+    d["params"] = {"where": "${BEAM_ETL_TEST_HOST_DIR}", "pw": "${BEAM_ETL_TEST_DB_PASS}"}
+    build_spec(d, [], {"run_dir": "/tmp/r", "run_id": "r"})
+    assert redact("pw-canary-8841 at host") == "*** at host"
+    assert "plain-dir-value" in redact(f"{tmp_path}/plain-dir-value")  # a host or folder stays readable
+
+
 def test_env_default(monkeypatch, tmp_path):
     monkeypatch.delenv("BEAM_ETL_TEST_UNSET", raising=False)
     (tmp_path / "y.csv").write_text("id\n1\n")
