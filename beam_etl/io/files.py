@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
@@ -24,7 +25,8 @@ from apache_beam.transforms.window import GlobalWindows
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from beam_etl import registry
-from beam_etl.batch import DEFAULT_BATCH_ROWS, batch_nbytes, concat_to_batch
+from beam_etl.batch import DEFAULT_BATCH_ROWS, batch_nbytes, concat_to_batch, row_as_record
+from beam_etl.hashing import hash_columns, partition_of
 from beam_etl.io import _file_common as common
 from beam_etl.io._file_csv import CsvFormat, CsvReader, infer_types, read_header, read_sample
 from beam_etl.io._file_json import JsonlReader, JsonReader
@@ -46,7 +48,7 @@ from beam_etl.io._file_write import (
 )
 from beam_etl.io._file_write import CsvFormat as CsvWriteFormat
 from beam_etl.ops.context import get_run_context
-from beam_etl.ops.dlq import DLQ_TAG
+from beam_etl.ops.dlq import DLQ_TAG, dead_letter
 from beam_etl.ops.metrics import StepMetrics
 from beam_etl.ops.progress import report_read
 from beam_etl.ops.secrets import redact_mapping
@@ -255,6 +257,18 @@ class _WriteConfig(_PathConfig):
                                   "ending in / (out/orders/ -> out/orders/part-00000-of-00002.ext).")
     mode: str = Field("overwrite", description="overwrite, append or error_if_exists.")
     num_shards: int = Field(0, ge=0, description="0: one file per bundle (no shuffle); N: exactly N files.")
+    shard_by: list[str] | None = Field(
+        None, description="With num_shards: rows with equal values of these columns go to the same shard "
+                          "(stable 64-bit hash), so each key's rows sit in one file.")
+
+    @model_validator(mode="after")
+    def _shard_by_needs_shards(self) -> Any:
+        if self.shard_by is not None:
+            if not self.shard_by:
+                raise ValueError("shard_by must name at least one column (or be left out)")
+            if not self.num_shards:
+                raise ValueError("shard_by needs num_shards (the number of files to hash the rows into)")
+        return self
     schema_json_: bool = Field(False, alias="schema_json",
                                description="Also write <prefix>.schema.json (the Arrow schema as JSON).")
 
@@ -715,16 +729,35 @@ class _WriteBundleDoFn(beam.DoFn):
 
 
 class _AssignShardDoFn(beam.DoFn):
-    def __init__(self, num_shards: int) -> None:
+    """Round-robin batches to shards, or with ``shard_by`` split each batch by a hash of those columns."""
+
+    def __init__(self, num_shards: int, shard_by: list[str] | None = None, step: str = "",
+                 ctx: Any = None) -> None:
         self._n = num_shards
+        self._shard_by = shard_by or []
+        self._step, self._ctx = step, ctx
 
     def start_bundle(self) -> None:
         self._next = random.randrange(self._n)
 
-    def process(self, batch: pa.RecordBatch) -> Iterator[tuple[int, pa.RecordBatch]]:
-        if batch.num_rows:
+    def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
+        if not batch.num_rows:
+            return
+        if not self._shard_by:
             yield self._next % self._n, batch
             self._next += 1
+            return
+        missing = [c for c in self._shard_by if c not in batch.schema.names]
+        if missing:  # these rows cannot be placed: each goes to the DLQ, naming the column
+            for i in range(batch.num_rows):
+                yield beam.pvalue.TaggedOutput(DLQ_TAG, dead_letter(
+                    row_as_record(batch, i), error_type="validation", step=self._step,
+                    error=f"shard_by column(s) {missing} missing from the record (columns: {batch.schema.names})",
+                    exception="KeyError", ctx=self._ctx))
+            return
+        shards = partition_of(hash_columns([batch.column(c) for c in self._shard_by], batch.num_rows), self._n)
+        for shard in np.unique(shards):
+            yield int(shard), batch.filter(pa.array(shards == shard))
 
 
 class _WriteShardDoFn(_WriteBundleDoFn):
@@ -806,16 +839,19 @@ class _WriteFiles(beam.PTransform):
         if c.num_shards:
             writer: _WriteBundleDoFn = _WriteShardDoFn(self.fmt, self.layout, self.partition_by, self.step, self._ctx)
             writer.filesystems = filesystems
+            assigned = batches | "AssignShards" >> beam.ParDo(
+                _AssignShardDoFn(c.num_shards, c.shard_by, self.step, self._ctx)).with_outputs(DLQ_TAG, main="shards")
             written = (
-                batches
-                | "AssignShards" >> beam.ParDo(_AssignShardDoFn(c.num_shards))
+                assigned.shards
                 | "GroupShards" >> beam.GroupByKey()
                 | "WriteShards" >> beam.ParDo(writer).with_outputs(DLQ_TAG, main="files")
             )
+            unplaced = assigned[DLQ_TAG]
         else:
             writer = _WriteBundleDoFn(self.fmt, self.layout, self.partition_by, self.step, self._ctx)
             writer.filesystems = filesystems
             written = batches | "WriteBundles" >> beam.ParDo(writer).with_outputs(DLQ_TAG, main="files")
+            unplaced = None
         finalizer = _FinalizeDoFn(self.fmt, self.layout, c.num_shards, c.schema_json_, self.step)
         finalizer.filesystems = filesystems
         final = (
@@ -823,6 +859,8 @@ class _WriteFiles(beam.PTransform):
             | "CollectFiles" >> beam.combiners.ToList()
             | "Finalize" >> beam.ParDo(finalizer)
         )
+        if unplaced is not None:
+            return final, (written[DLQ_TAG], unplaced) | "DeadLetters" >> beam.Flatten()
         return final, written[DLQ_TAG]
 
 

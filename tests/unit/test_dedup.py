@@ -17,7 +17,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_etl import registry
+from beam_etl import hashing, registry
 from beam_etl.ops.context import RunContext
 from beam_etl.ops.metrics import summarise
 from beam_etl.transforms import dedup
@@ -221,19 +221,19 @@ def test_select_winners_compares_values_not_hashes():
 
 def test_hash_is_stable_across_processes_and_types():
     values = ["", "a", "a\x00", "héllo", None, "x" * 1000]
-    here = dedup.hash_array(pa.array(values)).tolist()
-    code = ("import pyarrow as pa; from beam_etl.transforms.dedup import hash_array; "
+    here = hashing.hash_array(pa.array(values)).tolist()
+    code = ("import pyarrow as pa; from beam_etl.hashing import hash_array; "
             f"print(hash_array(pa.array({values!r})).tolist())")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": "12345"}, cwd=ROOT).stdout
     assert json.loads(other) == here
     assert len(set(here)) == len(values)
-    assert dedup.hash_array(pa.array(values, pa.large_string())).tolist() == here
-    assert dedup.hash_array(pa.array(values).dictionary_encode()).tolist() == here
-    assert dedup.hash_array(pa.array(values).slice(2)).tolist() == here[2:]
-    ints = dedup.hash_array(pa.array([1, 2, None], pa.int32())).tolist()
-    assert dedup.hash_array(pa.array([1, 2, None], pa.int64())).tolist() == ints
-    assert dedup.hash_array(pa.array([0.0, -0.0])).tolist()[0] == dedup.hash_array(pa.array([-0.0])).tolist()[0]
+    assert hashing.hash_array(pa.array(values, pa.large_string())).tolist() == here
+    assert hashing.hash_array(pa.array(values).dictionary_encode()).tolist() == here
+    assert hashing.hash_array(pa.array(values).slice(2)).tolist() == here[2:]
+    ints = hashing.hash_array(pa.array([1, 2, None], pa.int32())).tolist()
+    assert hashing.hash_array(pa.array([1, 2, None], pa.int64())).tolist() == ints
+    assert hashing.hash_array(pa.array([0.0, -0.0])).tolist()[0] == hashing.hash_array(pa.array([-0.0])).tolist()[0]
 
 
 def test_shuffle_payload_round_trip():

@@ -109,6 +109,29 @@ def test_num_shards_gives_exactly_n_files(tmp_path):
     assert len(final) == 3 and pq.read_table(final).num_rows == 10  # empty shards are still written
 
 
+def test_shard_by_puts_each_key_in_one_file(tmp_path):
+    batches = [pa.RecordBatch.from_pylist([{"id": i * 10 + j, "customer": f"c{(i + j) % 6}"} for j in range(10)])
+               for i in range(7)]
+    final, letters, _ = run_sink(WriteToParquet(str(tmp_path / "h" / "x"), num_shards=3, shard_by=["customer"]),
+                                 batches, tmp_path)
+    assert letters == [] and len(final) == 3
+    files_of = {}
+    for path in final:
+        for row in pq.read_table(path).to_pylist():
+            files_of.setdefault(row["customer"], set()).add(path)
+    assert len(files_of) == 6 and all(len(paths) == 1 for paths in files_of.values())
+    assert sorted(r["id"] for r in pq.read_table(final).to_pylist()) == list(range(70))
+
+
+def test_shard_by_checks_its_config_and_dead_letters_rows_without_the_column(tmp_path):
+    with pytest.raises(ValueError, match="shard_by needs num_shards"):
+        WriteToParquet(str(tmp_path / "e" / "x"), shard_by=["id"])
+    final, letters, _ = run_sink(WriteToParquet(str(tmp_path / "m" / "x"), num_shards=2, shard_by=["customer"]),
+                                 [BATCH_A], tmp_path)
+    assert len(letters) == 2 and "shard_by column(s) ['customer'] missing" in letters[0]["error"]
+    assert pq.read_table(final).num_rows == 0
+
+
 def test_num_shards_zero_writes_per_bundle_without_shuffle(tmp_path):
     final, _, _ = run_sink(WriteToParquet(str(tmp_path / "b" / "x")), [BATCH_A, BATCH_B], tmp_path)
     assert final and all(os.path.basename(f).startswith("x-0000") for f in final)
