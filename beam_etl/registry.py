@@ -21,7 +21,6 @@ KINDS = ("source", "step", "sink")
 _BUILTIN_MODULES = (
     "beam_etl.io.files",
     "beam_etl.io.sql",
-    "beam_etl.io.mongodb",
     "beam_etl.io.dlq_source",
     "beam_etl.transforms.mapping",
     "beam_etl.transforms.clean",
@@ -94,8 +93,16 @@ def register(kind: str, name: str, config_model: type[BaseModel], *, requires: R
     return decorate
 
 
+# Types whose modules are imported only when a template names them (database drivers and their code).
+_LAZY_TYPES = {
+    "ReadFromPostgres": "beam_etl.io._sql_postgres", "WriteToPostgres": "beam_etl.io._sql_postgres",
+    "ReadFromMySql": "beam_etl.io._sql_mysql", "WriteToMySql": "beam_etl.io._sql_mysql",
+    "ReadFromMongoDB": "beam_etl.io.mongodb", "WriteToMongoDB": "beam_etl.io.mongodb",
+}
+
+
 def load_builtins() -> None:
-    """Imports the modules whose decorators fill the table."""
+    """Imports the modules whose decorators fill the table (the lazy ones stay until asked for)."""
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
 
@@ -103,10 +110,14 @@ def load_builtins() -> None:
 def lookup(name: str) -> Entry | None:
     """Returns the entry for a ``type`` name, or None."""
     load_builtins()
+    if name not in _TABLE and name in _LAZY_TYPES:
+        importlib.import_module(_LAZY_TYPES[name])
     return _TABLE.get(name)
 
 
 def entries(kind: str | None = None) -> list[Entry]:
     """All registered entries, optionally of one kind, sorted by name."""
     load_builtins()
+    for module in sorted(set(_LAZY_TYPES.values())):
+        importlib.import_module(module)
     return sorted((e for e in _TABLE.values() if kind in (None, e.kind)), key=lambda e: e.name)

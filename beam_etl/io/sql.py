@@ -1150,11 +1150,19 @@ def write_to_sqlite(config: WriteToSqliteConfig, ctx: registry.BuildContext) -> 
     return WriteToSqlite(**config.model_dump(), step_name=ctx.step_name)
 
 
-# PostgreSQL and MySQL/MariaDB: importing them registers their dialects and template types.
-from beam_etl.io._sql_mysql import ReadFromMySql, WriteToMySql  # noqa: E402
-from beam_etl.io._sql_postgres import ReadFromPostgres, WriteToPostgres  # noqa: E402
+# PostgreSQL and MySQL/MariaDB live in their own modules, imported on first use (their drivers and
+# code cost every run ~0.1 s otherwise); the registry imports them when a template names their types.
+_SERVER_TYPES = {
+    "ReadFromPostgres": "beam_etl.io._sql_postgres", "WriteToPostgres": "beam_etl.io._sql_postgres",
+    "ReadFromMySql": "beam_etl.io._sql_mysql", "WriteToMySql": "beam_etl.io._sql_mysql",
+}
 
-__all__ = [
-    "DIALECTS", "Dialect", "ReadFromMySql", "ReadFromPostgres", "ReadFromSqlite", "SqliteDialect", "WriteToMySql",
-    "WriteToPostgres", "WriteToSqlite", "get_dialect",
-]
+
+def __getattr__(name: str) -> Any:
+    if name in _SERVER_TYPES:
+        import importlib
+
+        return getattr(importlib.import_module(_SERVER_TYPES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ = ["DIALECTS", "Dialect", "ReadFromSqlite", "SqliteDialect", "WriteToSqlite", "get_dialect"]  # + _SERVER_TYPES
