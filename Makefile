@@ -23,6 +23,10 @@ test: install runners  ## the whole test suite (CI runs this), Prism and portabl
 	PYTHON=$(PYTHON) bash scripts/services.sh up
 	$(PYTHON) -m pytest tests/unit tests/integration tests/runners --timeout=900 -rs
 
+test-integration: install  ## the integration tests against the real services (started first)
+	PYTHON=$(PYTHON) bash scripts/services.sh up
+	$(PYTHON) -m pytest tests/integration --timeout=900 -rs
+
 test-unit: install
 	$(PYTHON) -m pytest tests/unit --timeout=600
 
