@@ -15,7 +15,6 @@ import json
 import os
 import sys
 
-from beam_etl.ops.secrets import redact
 from beam_etl.ops.state import STATE_FILE_NAME, SavedState, StateError, encode_value, open_store
 from beam_etl.run import DEFAULT_OUTPUT_DIR
 
@@ -49,13 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             states = store.list(args.pipeline)
             if not states:
-                print(f"no saved state in {redact(url)}")
+                print(f"no saved state in {store!r}")
             for state in states:
                 print(_line(state))
         elif args.command == "show":
             state = store.get(args.pipeline, args.source)
             if state is None:
-                print(f"no saved state for {args.pipeline}/{args.source} in {redact(url)}", file=sys.stderr)
+                print(f"no saved state for {args.pipeline}/{args.source} in {store!r}", file=sys.stderr)
                 return 1
             print(json.dumps({"pipeline": state.pipeline, "source": state.source, "kind": state.kind,
                               "value": encode_value(state.value), "run_id": state.run_id,
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             removed = store.delete(args.pipeline, args.source)
             what = f"{args.pipeline}/{args.source}" if args.source else f"every source of {args.pipeline}"
-            print(f"reset {what}: {removed} saved state(s) removed from {redact(url)}")
+            print(f"reset {what}: {removed} saved state(s) removed from {store!r}")
     except StateError as err:
         print(f"beam_etl.state: {err}", file=sys.stderr)
         return 2

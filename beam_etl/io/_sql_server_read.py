@@ -37,10 +37,10 @@ from beam_etl.ops.secrets import redact
 from beam_etl.ops.state import (
     CURSOR_TAG,
     IncrementalConfig,
-    RecordPendingState,
     column_max,
     cursor_config,
-    incremental_start,
+    cursor_read_start,
+    record_cursor,
 )
 from beam_etl.transforms.base import tag_source
 
@@ -549,9 +549,8 @@ class ServerRead(beam.PTransform):
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> tuple[beam.PCollection, beam.PCollection]:
         step = self._step_name or self.label
-        opts, start = self._opts, None
-        if self._incremental is not None:  # read the committed cursor now, while the pipeline is built
-            start = incremental_start(step, self._incremental)
+        opts, start = self._opts, cursor_read_start(step, self._incremental)  # committed cursor, read at build
+        if start is not None:
             opts = dataclasses.replace(opts, cursor_field=self._incremental.cursor_field, cursor_start=start.start)
         tasks = (
             pbegin
@@ -562,7 +561,6 @@ class ServerRead(beam.PTransform):
         results = tasks | "Read" >> beam.ParDo(
             _ReadServerPartitionDoFn(opts, self.dialect, step)
         ).with_outputs(DLQ_TAG, CURSOR_TAG, main="output")
-        if start is not None:
-            _ = results[CURSOR_TAG] | "RecordCursor" >> RecordPendingState(start)
+        record_cursor(results, start)
         return results.output, results[DLQ_TAG]
 

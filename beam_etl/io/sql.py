@@ -58,10 +58,10 @@ from beam_etl.ops.secrets import redact
 from beam_etl.ops.state import (
     CURSOR_TAG,
     IncrementalConfig,
-    RecordPendingState,
     column_max,
     cursor_config,
-    incremental_start,
+    cursor_read_start,
+    record_cursor,
 )
 from beam_etl.transforms.base import batch_attempt, tag_source
 
@@ -775,9 +775,8 @@ class ReadFromSqlite(beam.PTransform):
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> tuple[beam.PCollection, beam.PCollection]:
         step = self._step_name or self.label
-        opts, start = self._opts, None
-        if self._incremental is not None:  # the committed cursor, read while the pipeline is built
-            start = incremental_start(step, self._incremental)
+        opts, start = self._opts, cursor_read_start(step, self._incremental)  # committed cursor, read at build
+        if start is not None:
             opts = dataclasses.replace(opts, cursor_field=self._incremental.cursor_field, cursor_start=start.start)
         tasks = (
             pbegin
@@ -788,8 +787,7 @@ class ReadFromSqlite(beam.PTransform):
         results = tasks | "Read" >> beam.ParDo(
             _ReadSqliteRangeDoFn(opts, self._dialect, step)
         ).with_outputs(DLQ_TAG, CURSOR_TAG, main="output")
-        if start is not None:
-            _ = results[CURSOR_TAG] | "RecordCursor" >> RecordPendingState(start)
+        record_cursor(results, start)
         return results.output, results[DLQ_TAG]
 
 

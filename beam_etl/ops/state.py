@@ -38,7 +38,7 @@ from pydantic import Field, model_validator
 
 from beam_etl import registry
 from beam_etl.ops.context import get_run_context
-from beam_etl.ops.secrets import redact
+from beam_etl.ops.secrets import redact, register_secret
 
 STATE_FILE_NAME = "beam_etl_state.sqlite"
 PENDING_DIR = "_state/pending"
@@ -138,8 +138,9 @@ class _DbApiStore:
 
     placeholder = "?"
 
-    def _connect(self) -> Any:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def _connect(self) -> Any:
+        """Abstract hook: a new DB-API connection (SqliteStateStore and PostgresStateStore override it)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _connect()")
 
     @contextlib.contextmanager
     def _conn(self) -> Iterator[Any]:
@@ -220,7 +221,7 @@ class SqliteStateStore(_DbApiStore):
         return sqlite3.connect(self.path, timeout=30)
 
     def __repr__(self) -> str:
-        return f"sqlite:///{self.path}"
+        return f"sqlite://{self.path}" if self.path.is_absolute() else str(self.path)
 
 
 class PostgresStateStore(_DbApiStore):
@@ -230,6 +231,10 @@ class PostgresStateStore(_DbApiStore):
 
     def __init__(self, url: str) -> None:
         self.url = url
+        password = urllib.parse.urlsplit(url).password
+        if password:  # a --state URL typed on the command line never went through ${ENV}
+            register_secret(urllib.parse.unquote(password))
+            register_secret(password)
 
     def _connect(self) -> Any:
         import psycopg2
@@ -308,6 +313,17 @@ class IncrementalStart:
     start: Any
     pending_path: str
     full_refresh: bool
+
+
+def cursor_read_start(step: str, config: IncrementalConfig | None) -> IncrementalStart | None:
+    """For a database read: the committed cursor of ``step`` (None when the read is not incremental)."""
+    return incremental_start(step, config) if config is not None else None
+
+
+def record_cursor(results: Any, start: IncrementalStart | None) -> None:
+    """Wires a read's ``CURSOR_TAG`` output (per-batch maxima) to the run's pending state."""
+    if start is not None:
+        _ = results[CURSOR_TAG] | "RecordCursor" >> RecordPendingState(start)
 
 
 def incremental_start(source: str, config: IncrementalConfig) -> IncrementalStart:

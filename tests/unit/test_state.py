@@ -218,3 +218,13 @@ def test_sqlite_cursor_reads_only_rows_at_or_after_the_saved_cursor(tmp_path):
     assert dst.execute("SELECT id, name FROM orders ORDER BY id").fetchall() == [(1, "A"), (2, "b"), (3, "c")]
     saved = open_store(str(out / "beam_etl_state.sqlite")).get("sqlite_incremental", "src")
     assert saved.value == dt.datetime(2024, 1, 2, 9, 0)
+
+
+def test_a_state_url_password_is_a_secret_even_from_the_command_line(capsys):
+    from beam_etl.ops.secrets import redact
+
+    store = open_store("postgresql://etl:St4te-Canary-Pw@127.0.0.1:1/state")
+    assert "St4te-Canary-Pw" not in repr(store) and redact("pw St4te-Canary-Pw") == "pw ***"
+    assert state_main(["--state", "postgresql://etl:St4te-Canary-Pw@127.0.0.1:1/state", "list"]) == 2
+    out = capsys.readouterr()
+    assert "St4te-Canary-Pw" not in out.out + out.err and "127.0.0.1:1/state" in out.err
