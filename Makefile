@@ -5,8 +5,8 @@ BENCH_ROWS ?= 1000000 10000000
 BENCH_REPEATS ?= 3
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install runners run test test-unit test-integration test-runners lint bench bench-quick bench-runners clean \
-	services-up services-down services-status
+.PHONY: install runners run test test-unit test-integration test-runners test-kill lint bench bench-quick bench-runners \
+	bench-kafka clean services-up services-down services-status
 
 install:  ## install pinned dependencies and beam_etl itself (editable)
 	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
@@ -34,6 +34,11 @@ test-runners: install runners  ## the runner matrix; Flink/Spark join when their
 	bash scripts/runners.sh jobservers || echo "Flink/Spark job-server jars unavailable: see docs/runners.md"
 	$(PYTHON) -m pytest tests/runners --timeout=1800 -rs -v
 
+test-kill: install runners  ## exactly-once kill tests (Kafka -> PostgreSQL, Kafka -> Kafka) at 100k messages, 3 times
+	PYTHON=$(PYTHON) bash scripts/services.sh up postgres kafka
+	for run in 1 2 3; do BEAM_ETL_KILL_TEST_N=100000 $(PYTHON) -m pytest tests/integration/test_kafka_exactly_once.py \
+		-q -s -p no:cacheprovider --timeout=1200 || exit 1; done
+
 lint: install
 	$(PYTHON) -m ruff check .
 
@@ -44,10 +49,14 @@ bench-runners: install runners  ## the benchmark job at 1M rows on DirectRunner,
 	$(PYTHON) benchmarks/run_benchmarks.py --section runners --rows 1000000 --repeats $(BENCH_REPEATS) \
 		--impls pyarrow beam_etl beam_etl_prism beam_etl_flink beam_etl_spark
 
+bench-kafka: install runners  ## Kafka -> PostgreSQL: throughput and latency of the streaming template vs a plain consumer loop
+	PYTHON=$(PYTHON) bash scripts/services.sh up postgres kafka
+	$(PYTHON) benchmarks/bench_kafka.py --write-report
+
 bench-quick: install  ## smoke-test the benchmark harness at 100k rows
 	$(PYTHON) benchmarks/run_benchmarks.py --quick
 
-services-up: install  ## install if needed and start PostgreSQL, MariaDB, FerretDB, moto S3 on loopback (docs/services.md)
+services-up: install  ## install if needed and start PostgreSQL, MariaDB, FerretDB, moto S3, Kafka on loopback (docs/services.md)
 	PYTHON=$(PYTHON) bash scripts/services.sh up
 
 services-down:  ## stop the test services (their data is kept)

@@ -15,6 +15,7 @@ import apache_beam as beam
 from pydantic import BaseModel
 
 from beam_etl import registry
+from beam_etl.ops import guarantees
 from beam_etl.ops.context import RunContext
 from beam_etl.ops.dlq import dead_letters_to_batch
 from beam_etl.spec import PipelineSpec, TemplateError
@@ -100,6 +101,9 @@ def build_pipeline(
     pipeline: beam.Pipeline, spec: PipelineSpec, configs: dict[str, BaseModel], run: RunContext
 ) -> BuiltPipeline:
     """Adds the template's transforms, and its DLQ sink, to ``pipeline``."""
+    problems = guarantees.check_exactly_once(spec, configs)
+    if problems:
+        raise TemplateError("the exactly-once guarantee cannot hold:\n  - " + "\n  - ".join(problems))
     outputs: dict[str, beam.PCollection] = {}
     dead_letters: list[beam.PCollection] = []
     dlq_names: list[str] = []

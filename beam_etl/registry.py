@@ -26,7 +26,9 @@ _BUILTIN_MODULES = (
     "beam_etl.transforms.clean",
     "beam_etl.transforms.quality",
     "beam_etl.transforms.dedup",
+    "beam_etl.transforms.stream_dedup",
     "beam_etl.transforms.aggregate",
+    "beam_etl.transforms.window",
 )
 
 
@@ -47,6 +49,7 @@ class BuildContext:
 Factory = Callable[[Any, BuildContext], beam.PTransform]
 Requirements = frozenset[str] | Callable[[Any], frozenset[str]]
 StreamingSupport = bool | Callable[[Any], bool]
+ConfigFlag = bool | Callable[[Any], bool]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +61,8 @@ class Entry:
     summary: str
     requires: Requirements = frozenset()
     streaming: StreamingSupport = False
+    regroups: ConfigFlag = False
+    idempotent: ConfigFlag = False
 
     def features(self, config: Any) -> frozenset[str]:
         """Runner features this transform needs with ``config`` (see ``beam_etl.runners.capabilities``)."""
@@ -67,18 +72,29 @@ class Entry:
         """Whether this transform with ``config`` is correct on unbounded input."""
         return bool(self.streaming(config) if callable(self.streaming) else self.streaming)
 
+    def regroups_records(self, config: Any) -> bool:
+        """Whether records pass a shuffle/state here (outputs no longer in the bundle that read them)."""
+        return bool(self.regroups(config) if callable(self.regroups) else self.regroups)
+
+    def writes_idempotently(self, config: Any) -> bool:
+        """Whether this sink, with ``config``, can take the same records twice without duplicating them."""
+        return bool(self.idempotent(config) if callable(self.idempotent) else self.idempotent)
+
 
 _TABLE: dict[str, Entry] = {}
 
 
 def register(kind: str, name: str, config_model: type[BaseModel], *, requires: Requirements = frozenset(),
-             streaming: StreamingSupport = False) -> Callable[[Factory], Factory]:
+             streaming: StreamingSupport = False, regroups: ConfigFlag = False,
+             idempotent: ConfigFlag = False) -> Callable[[Factory], Factory]:
     """Registers ``factory`` as the builder for ``type: name`` templates.
 
     ``requires`` names the runner features the transform needs (a set, or a function of its
     config); ``streaming`` (a bool, or a function of its config) says whether it is correct on
     unbounded input. The runner preflight
-    reads both before anything is submitted.
+    reads both before anything is submitted. ``regroups`` (steps: a shuffle or keyed state) and
+    ``idempotent`` (sinks: a rewrite of the same records changes nothing) decide whether an
+    exactly-once source may feed them (see ``beam_etl.ops.guarantees``).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
@@ -87,7 +103,8 @@ def register(kind: str, name: str, config_model: type[BaseModel], *, requires: R
         if name in _TABLE and _TABLE[name].factory is not factory:
             raise ValueError(f"{kind} type {name!r} is registered twice")
         summary = (factory.__doc__ or config_model.__doc__ or "").strip().splitlines()
-        _TABLE[name] = Entry(kind, name, factory, config_model, summary[0] if summary else "", requires, streaming)
+        _TABLE[name] = Entry(kind, name, factory, config_model, summary[0] if summary else "", requires, streaming,
+                             regroups, idempotent)
         return factory
 
     return decorate
@@ -98,6 +115,7 @@ _LAZY_TYPES = {
     "ReadFromPostgres": "beam_etl.io._sql_postgres", "WriteToPostgres": "beam_etl.io._sql_postgres",
     "ReadFromMySql": "beam_etl.io._sql_mysql", "WriteToMySql": "beam_etl.io._sql_mysql",
     "ReadFromMongoDB": "beam_etl.io.mongodb", "WriteToMongoDB": "beam_etl.io.mongodb",
+    "ReadFromKafka": "beam_etl.io.kafka", "WriteToKafka": "beam_etl.io.kafka",
 }
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ from beam_etl import registry
 from beam_etl.build import DLQ_STEP, build_pipeline, describe_graph
 from beam_etl.ops import progress
 from beam_etl.ops.context import RunContext, new_run_id, use_run_context
+from beam_etl.ops.logging import configure as configure_logging
 from beam_etl.ops.metrics import COUNTERS, summarise
 from beam_etl.ops.secrets import redact
 from beam_etl.ops.state import STATE_FILE_NAME, StateError, commit_pending, describe_change
@@ -293,8 +293,7 @@ def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m beam_etl.run``."""
     args, beam_args = _parser().parse_known_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(args.log_level.upper())
+    configure_logging(args.log_level)
     if args.list_templates:
         print_templates()
         return EXIT_OK

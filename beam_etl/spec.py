@@ -28,7 +28,7 @@ _VAR_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
 _NAME_RE = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 DEFAULT_DLQ: dict[str, Any] = {
     "type": "WriteToJsonl",
-    "config": {"path": "{{ run_dir }}/dlq/", "json_fields": ["record"]},
+    "config": {"path": "{{ run_dir }}/dlq/", "json_fields": ["record"], "mode": "append"},
 }
 
 

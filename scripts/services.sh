@@ -8,10 +8,13 @@
 #   scripts/services.sh down   [SERVICE...]   stop (data is kept; moto's S3 is in memory)
 #   scripts/services.sh status [SERVICE...]   one line each: running|unhealthy|stopped + endpoint
 #   scripts/services.sh env                   `export ...` lines with the connection settings
+#   scripts/services.sh kafka-topic NAME [PARTITIONS]   create a Kafka topic (default 1 partition,
+#                                             replication 1) unless it exists; more partitions are
+#                                             added to a smaller one; uses confluent_kafka's AdminClient
 #
-# SERVICE: postgres | mariadb (alias mysql) | ferretdb (alias mongo, mongodb) | s3 (alias moto).
-# No SERVICE means all four. Exit codes: 0 ok; 1 a service failed (it is named, with its log tail);
-# 2 bad usage; 3 `status`: a service is not running.
+# SERVICE: postgres | mariadb (alias mysql) | ferretdb (alias mongo, mongodb) | s3 (alias moto) |
+# kafka. No SERVICE means all five. Exit codes: 0 ok; 1 a service failed (it is named, with its log
+# tail); 2 bad usage; 3 `status`: a service is not running.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,7 +24,7 @@ RUN_DIR="$SERVICES_DIR/run"
 BIN_DIR="$SERVICES_DIR/bin"
 PYTHON="${PYTHON:-python3}"
 WAIT_S="${BEAM_ETL_SERVICES_WAIT_S:-60}"
-ALL_SERVICES=(postgres mariadb ferretdb s3)
+ALL_SERVICES=(postgres mariadb ferretdb s3 kafka)
 
 # Connection settings. Other code reads the same variables (tests/services.py, `env` below);
 # these defaults are fixed, so change them only through the environment, and consistently.
@@ -48,12 +51,18 @@ AWS_SECRET="testing"
 AWS_REGION_NAME="us-east-1"
 MOTO_REQUIREMENT="$(grep -E '^moto(\[[^]]*\])?==' "$ROOT/requirements-dev.txt" 2>/dev/null | head -1 || true)"
 MOTO_REQUIREMENT="${MOTO_REQUIREMENT:-moto[server]==5.2.5}"
+KAFKA_PORT="${BEAM_ETL_KAFKA_PORT:-59092}"                 # client (PLAINTEXT) listener
+KAFKA_CONTROLLER_PORT="${BEAM_ETL_KAFKA_CONTROLLER_PORT:-59093}"  # KRaft controller listener
+KAFKA_VERSION="4.4.0"           # org.apache.kafka:kafka_2.13 from Maven Central, run with the JDK
+KAFKA_CLUSTER_ID="YmVhbV9ldGxfa2Fma2FfMQ"  # fixed; base64url of the 16 bytes "beam_etl_kafka_1"
+KAFKA_HEAP="${BEAM_ETL_KAFKA_HEAP:--Xmx512m -Xms256m}"
+KAFKA_DATA="$SERVICES_DIR/kafka"
 
 log() { echo "services.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
 
 usage() {
-  sed -n '2,15s/^# \{0,1\}//p' "$SELF" >&2
+  sed -n '2,18s/^# \{0,1\}//p' "$SELF" >&2
   exit 2
 }
 
@@ -63,6 +72,7 @@ canonical() {  # canonical NAME -> prints the service name, or fails
     mariadb|mysql) echo mariadb ;;
     ferretdb|mongo|mongodb) echo ferretdb ;;
     s3|moto) echo s3 ;;
+    kafka) echo kafka ;;
     *) return 1 ;;
   esac
 }
@@ -559,6 +569,260 @@ down_s3() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Kafka: one KRaft node (broker + controller in one JVM) from the Maven Central jars of
+# org.apache.kafka:kafka_2.13, fetched once with `mvn dependency:copy-dependencies`
+
+KAFKA_HOME="$BIN_DIR/kafka-$KAFKA_VERSION"  # libs/: the jars; libs/.complete marks a whole download
+KAFKA_CONFIG="$KAFKA_DATA/server.properties"
+
+kafka_ping() {  # a real Metadata request, answered by our broker (node 1 on our port)
+  timeout 15 "$PYTHON" - "$HOST:$KAFKA_PORT" <<'EOF' >/dev/null 2>&1
+import sys
+from confluent_kafka.admin import AdminClient
+admin = AdminClient({"bootstrap.servers": sys.argv[1], "socket.connection.setup.timeout.ms": 3000})
+brokers = admin.list_topics(timeout=5).brokers
+assert 1 in brokers and brokers[1].port == int(sys.argv[1].rsplit(":", 1)[1]), brokers
+EOF
+}
+
+kafka_java() {  # prints the path of a java >= 17 (Kafka 4's broker needs 17), installing one if missing
+  local java major
+  java="$(command -v java || true)"
+  if [ -z "$java" ]; then
+    apt_install default-jre-headless >&2
+    java="$(command -v java || true)"
+    [ -n "$java" ] || die "kafka: no java on PATH after installing default-jre-headless"
+  fi
+  major="$("$java" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = //p')"
+  [ "${major%%.*}" -ge 17 ] 2>/dev/null \
+    || die "kafka: $java is Java ${major:-?}; Kafka $KAFKA_VERSION needs Java 17 or newer (apt-get install openjdk-17-jre-headless)"
+  echo "$java"
+}
+
+fetch_kafka() {
+  # kafka_2.13's POM pins slf4j-api 1.7 and no logging backend, so the broker would log nothing;
+  # like Kafka's own distribution, add slf4j-api 2 and log4j's SLF4J 2 binding. Cached by version.
+  [ -f "$KAFKA_HOME/libs/.complete" ] && return 0
+  local java="$1"
+  command -v mvn >/dev/null || apt_install maven
+  mkdir -p "$BIN_DIR"
+  local tmp fetch_log="$RUN_DIR/kafka-fetch.log"
+  tmp="$(mktemp -d "$BIN_DIR/kafka-fetch.XXXXXX")"
+  cat >"$tmp/pom.xml" <<EOF
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <!-- written by scripts/services.sh to fetch the Kafka broker's jars -->
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>beam_etl.services</groupId>
+  <artifactId>kafka-broker</artifactId>
+  <version>$KAFKA_VERSION</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>2.0.17</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>2.25.5</version></dependency>
+  </dependencies>
+</project>
+EOF
+  log "kafka: fetching org.apache.kafka:kafka_2.13:$KAFKA_VERSION and its runtime dependencies from Maven Central (once)"
+  if ! (cd "$tmp" && timeout 900 mvn -B -ntp org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$tmp/libs") >"$fetch_log" 2>&1; then
+    rm -rf "$tmp"
+    fail_service kafka "mvn could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION with its dependencies" "$fetch_log"
+  fi
+  if [ "$("$java" -cp "$tmp/libs/*" kafka.Kafka --version 2>>"$fetch_log" | tail -1)" != "$KAFKA_VERSION" ]; then
+    rm -rf "$tmp"
+    fail_service kafka "the fetched jars do not run kafka.Kafka --version" "$fetch_log"
+  fi
+  touch "$tmp/libs/.complete"
+  rm -rf "$KAFKA_HOME"
+  mkdir -p "$KAFKA_HOME"
+  mv "$tmp/libs" "$KAFKA_HOME/libs"
+  rm -rf "$tmp"
+  log "kafka: $(find "$KAFKA_HOME/libs" -name '*.jar' | wc -l) jars in $KAFKA_HOME/libs"
+}
+
+kafka_write_config() {  # our settings, rewritten on every `up`
+  mkdir -p "$KAFKA_DATA/data"
+  cat >"$KAFKA_CONFIG" <<EOF
+# written by scripts/services.sh; edits are overwritten on the next \`up\`
+# One KRaft node: broker and controller in one process, static quorum of one voter.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+log.dirs=$KAFKA_DATA/data
+
+# Tests create their topics explicitly.
+auto.create.topics.enable=false
+delete.topic.enable=true
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+
+# Internal topics on one node; fewer partitions than the defaults (50) so they appear quickly.
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=10
+# a killed producer's open transaction is aborted soon after its transaction.timeout.ms, not up to 10 s later
+transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+
+# Test data does not need to live long.
+log.retention.hours=24
+log.retention.check.interval.ms=60000
+log.segment.bytes=67108864
+
+# 2 CPUs
+num.network.threads=2
+num.io.threads=4
+num.recovery.threads.per.data.dir=1
+EOF
+  cat >"$KAFKA_DATA/log4j2.properties" <<'EOF'
+# written by scripts/services.sh; the broker logs to stdout, which goes to run/kafka.log
+status = warn
+appender.stdout.type = Console
+appender.stdout.name = STDOUT
+appender.stdout.layout.type = PatternLayout
+appender.stdout.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.statechange.name = state.change.logger
+logger.statechange.level = WARN
+# the full config dumps (hundreds of lines per start); the settings are in server.properties
+logger.config.name = org.apache.kafka.common.config.AbstractConfig
+logger.config.level = WARN
+EOF
+}
+
+kafka_pid() { service_pid "$RUN_DIR/kafka.pid" "$KAFKA_PORT" "kafka.Kafka $KAFKA_CONFIG"; }
+
+up_kafka() {
+  local log="$RUN_DIR/kafka.log"
+  "$PYTHON" -c 'import confluent_kafka' 2>/dev/null \
+    || die "kafka: $PYTHON lacks confluent_kafka (make install) for the health check"
+  if kafka_ping; then log "kafka: already running on $HOST:$KAFKA_PORT"; return 0; fi
+  local java
+  java="$(kafka_java)"
+  fetch_kafka "$java"
+  local pid
+  pid="$(kafka_pid)"
+  if [ -z "$pid" ]; then
+    local port
+    for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+      if port_open "$port"; then
+        fail_service kafka "port $port is taken by another process: $(ss -Hltnp "sport = :$port" 2>/dev/null)" "$log"
+      fi
+    done
+    kafka_write_config
+    local meta="$KAFKA_DATA/data/meta.properties" have_id
+    if [ ! -s "$meta" ]; then
+      log "kafka: formatting $KAFKA_DATA/data (cluster id $KAFKA_CLUSTER_ID)"
+      (cd / && timeout 120 "$java" -Xmx256m -Dlog4j2.configurationFile="$KAFKA_DATA/log4j2.properties" \
+        -cp "$KAFKA_HOME/libs/*" kafka.tools.StorageTool format --config "$KAFKA_CONFIG" \
+        --cluster-id "$KAFKA_CLUSTER_ID" --ignore-formatted) >"$RUN_DIR/kafka-format.log" 2>&1 \
+        || fail_service kafka "kafka.tools.StorageTool format failed" "$RUN_DIR/kafka-format.log"
+    fi
+    have_id="$(sed -n 's/^cluster\.id=//p' "$meta")"
+    [ "$have_id" = "$KAFKA_CLUSTER_ID" ] || die "kafka: $KAFKA_DATA/data belongs to cluster '$have_id', \
+not $KAFKA_CLUSTER_ID; remove $KAFKA_DATA (its topics are lost) and run up again"
+    local heap=()
+    read -r -a heap <<<"$KAFKA_HEAP"
+    log "kafka: starting Kafka $KAFKA_VERSION (KRaft) on $HOST:$KAFKA_PORT, controller $HOST:$KAFKA_CONTROLLER_PORT (data $KAFKA_DATA/data)"
+    pid="$(cd / && start_background "$log" "$java" "${heap[@]}" -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+      -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+      -Dlog4j2.configurationFile="$KAFKA_DATA/log4j2.properties" -cp "$KAFKA_HOME/libs/*" kafka.Kafka "$KAFKA_CONFIG")"
+    echo "$pid" >"$RUN_DIR/kafka.pid"
+  fi
+  local rc=0
+  wait_until "$WAIT_S" "$pid" kafka_ping || rc=$?
+  [ "$rc" = 0 ] || fail_service kafka "$([ "$rc" = 2 ] && echo "the Kafka JVM exited" \
+    || echo "no Metadata answer from $HOST:$KAFKA_PORT within ${WAIT_S}s")" "$log"
+  log "kafka: ready on $HOST:$KAFKA_PORT (Kafka $KAFKA_VERSION, KRaft, PLAINTEXT, no auth; auto topic creation off)"
+}
+
+down_kafka() {
+  local pid
+  pid="$(kafka_pid)"
+  if [ -z "$pid" ]; then log "kafka: not running"; rm -f "$RUN_DIR/kafka.pid"; return 0; fi
+  log "kafka: stopping (pid $pid)"
+  stop_pid kafka "$pid"
+  rm -f "$RUN_DIR/kafka.pid"
+}
+
+kafka_topic() {  # kafka_topic NAME [PARTITIONS]: create unless it exists; grow a smaller one
+  [ "$#" -ge 1 ] && [ "$#" -le 2 ] || { log "usage: scripts/services.sh kafka-topic NAME [PARTITIONS]"; exit 2; }
+  local name="$1" partitions="${2:-1}"
+  [[ "$name" =~ ^[A-Za-z0-9._-]{1,249}$ ]] && [ "$name" != . ] && [ "$name" != .. ] \
+    || { log "kafka-topic: bad topic name '$name' (letters, digits, '.', '_', '-'; at most 249)"; exit 2; }
+  [[ "$partitions" =~ ^[1-9][0-9]{0,4}$ ]] \
+    || { log "kafka-topic: PARTITIONS must be a positive integer, got '$partitions'"; exit 2; }
+  "$PYTHON" -c 'import confluent_kafka' 2>/dev/null || die "kafka-topic: $PYTHON lacks confluent_kafka (make install)"
+  kafka_ping || die "kafka is not running on $HOST:$KAFKA_PORT: start it with scripts/services.sh up kafka"
+  timeout 90 "$PYTHON" - "$HOST:$KAFKA_PORT" "$name" "$partitions" <<'EOF'
+import sys
+import time
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+bootstrap, name, want = sys.argv[1], sys.argv[2], int(sys.argv[3])
+admin = AdminClient({"bootstrap.servers": bootstrap})
+
+
+def say(msg):
+    print(f"services.sh: kafka-topic: {msg}", file=sys.stderr)
+
+
+def partitions():
+    topic = admin.list_topics(timeout=10).topics.get(name)
+    return None if topic is None or topic.error is not None else topic.partitions
+
+
+try:
+    have = partitions()
+    if have is None:
+        try:
+            admin.create_topics([NewTopic(name, want, 1)], operation_timeout=30, request_timeout=40)[name].result()
+            say(f"created topic {name} with {want} partition(s)")
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+            have = partitions()
+    if have is not None and len(have) < want:
+        admin.create_partitions([NewPartitions(name, want)], operation_timeout=30, request_timeout=40)[name].result()
+        say(f"topic {name} grew from {len(have)} to {want} partitions")
+    elif have is not None and len(have) > want:
+        say(f"topic {name} exists with {len(have)} partitions, more than {want}; Kafka cannot remove partitions "
+            f"(delete the topic to recreate it)")
+        sys.exit(1)
+    elif have is not None:
+        say(f"topic {name} exists with {want} partition(s)")
+    deadline = time.monotonic() + 30  # until every partition has a leader, so producers can start at once
+    while True:
+        have = partitions() or {}
+        if len(have) >= want and all(p.leader >= 0 for p in have.values()):
+            break
+        if time.monotonic() > deadline:
+            say(f"topic {name}: not every partition has a leader after 30 s: {have}")
+            sys.exit(1)
+        time.sleep(0.2)
+except KafkaException as e:
+    say(f"topic {name}: {e.args[0]}")
+    sys.exit(1)
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
 # commands
 
 endpoint() {
@@ -567,6 +831,7 @@ endpoint() {
     mariadb) echo "mysql://$MY_USER@$HOST:$MY_PORT/$MY_DB" ;;
     ferretdb) echo "mongodb://$HOST:$MONGO_PORT/" ;;
     s3) echo "http://$HOST:$S3_PORT" ;;
+    kafka) echo "$HOST:$KAFKA_PORT (bootstrap; controller :$KAFKA_CONTROLLER_PORT)" ;;
   esac
 }
 
@@ -577,6 +842,7 @@ status_one() {  # prints one line; returns 0 when healthy
     mariadb) port="$MY_PORT"; my_login && healthy=0; pid="$(my_running_pid)" ;;
     ferretdb) port="$MONGO_PORT"; mongo_ping && healthy=0; pid="$(ferretdb_pid)" ;;
     s3) port="$S3_PORT"; s3_get 2>/dev/null && healthy=0; pid="$(moto_pid)" ;;
+    kafka) port="$KAFKA_PORT"; kafka_ping && healthy=0; pid="$(kafka_pid)" ;;
   esac
   local state=stopped
   if [ "$healthy" = 0 ]; then state=running
@@ -607,6 +873,7 @@ print_env() {
   q AWS_SECRET_ACCESS_KEY "$AWS_SECRET"
   q AWS_DEFAULT_REGION "$AWS_REGION_NAME"
   q AWS_REGION "$AWS_REGION_NAME"
+  q BEAM_ETL_KAFKA_BOOTSTRAP "$HOST:$KAFKA_PORT"
 }
 
 take_lock() {
@@ -624,6 +891,7 @@ main() {
   case "$cmd" in
     -h|--help|help) usage ;;
     env) print_env; return 0 ;;
+    kafka-topic) mkdir -p "$RUN_DIR"; kafka_topic "$@"; return 0 ;;
     _one) # internal: `_one up|down NAME` in a child bash, so `set -e` covers each service alone
       mkdir -p "$RUN_DIR"
       CURRENT_SERVICE="$2"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -106,12 +107,84 @@ class S3:
                 "aws_secret_access_key": self.secret_access_key, "region_name": self.region}
 
 
+@dataclass(frozen=True)
+class Kafka:
+    """Apache Kafka 4.4.0, one KRaft node (broker + controller); PLAINTEXT, no auth.
+
+    Automatic topic creation is off: create topics with ``create_topic`` (or ``scripts/services.sh
+    kafka-topic NAME [PARTITIONS]``). Internal topics have replication 1, so idempotent and
+    transactional producers and consumer groups work.
+    """
+
+    name: str = "kafka"
+    bootstrap: str = field(default_factory=lambda: _env("BEAM_ETL_KAFKA_BOOTSTRAP", f"{HOST}:59092"))
+
+    @property
+    def host(self) -> str:
+        return self.bootstrap.split(",", 1)[0].rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.bootstrap.split(",", 1)[0].rsplit(":", 1)[1])
+
+    def client_config(self, **extra) -> dict:
+        """A confluent_kafka config: ``{"bootstrap.servers": ..., **extra}`` (keys with dots: pass a dict)."""
+        return {"bootstrap.servers": self.bootstrap, **extra}
+
+    def _admin(self):
+        from confluent_kafka.admin import AdminClient
+
+        return AdminClient(self.client_config())
+
+    def create_topic(self, topic: str, partitions: int = 1, timeout: float = 30.0) -> str:
+        """Creates ``topic`` (replication 1) unless it exists, waits until every partition has a leader.
+
+        Returns the name. An existing topic with a different partition count is an error.
+        """
+        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka.admin import NewTopic
+
+        admin = self._admin()
+        future = admin.create_topics([NewTopic(topic, partitions, 1)], operation_timeout=timeout,
+                                     request_timeout=timeout + 5)[topic]
+        try:
+            future.result()
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+        deadline = time.monotonic() + timeout
+        while True:
+            meta = admin.list_topics(timeout=timeout).topics.get(topic)
+            if meta is not None and meta.error is None and meta.partitions:
+                if len(meta.partitions) != partitions:
+                    raise ValueError(f"Kafka topic {topic!r} exists with {len(meta.partitions)} partitions, "
+                                     f"not {partitions}")
+                if all(p.leader >= 0 for p in meta.partitions.values()):
+                    return topic
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Kafka topic {topic!r}: partitions without a leader after {timeout}s: {meta}")
+            time.sleep(0.1)
+
+    def delete_topic(self, topic: str, timeout: float = 30.0) -> None:
+        """Deletes ``topic``; a topic that does not exist is fine."""
+        from confluent_kafka import KafkaError, KafkaException
+
+        admin = self._admin()  # keep a reference: the future fails once the client is gone
+        future = admin.delete_topics([topic], operation_timeout=timeout, request_timeout=timeout + 5)[topic]
+        try:
+            future.result()
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
+
+
 POSTGRES = Postgres()
 MYSQL = MySQL()
 MONGO = Mongo()
 S3_SERVER = S3()
+KAFKA = Kafka()
 
-SERVICES = {"postgres": POSTGRES, "mariadb": MYSQL, "ferretdb": MONGO, "s3": S3_SERVER}
+SERVICES = {"postgres": POSTGRES, "mariadb": MYSQL, "ferretdb": MONGO, "s3": S3_SERVER, "kafka": KAFKA}
 ALIASES = {"postgresql": "postgres", "pg": "postgres", "mysql": "mariadb", "mongo": "ferretdb",
            "mongodb": "ferretdb", "moto": "s3"}
 

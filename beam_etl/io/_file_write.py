@@ -819,6 +819,18 @@ def finalize(records: list[dict[str, Any]], fmt: FileFormat, layout: Layout, num
     return targets
 
 
+def commit_streamed(record: dict[str, Any], layout: Layout) -> str:
+    """Streaming writes: renames one bundle's temporary file to a final, unique name; returns it."""
+    name = f"{layout.base}-{uuid.uuid4().hex[:16]}{layout.extension}{layout.compression_suffix}"
+    target = (FileSystems.join(layout.directory, record["rel"], name) if record["rel"]
+              else FileSystems.join(layout.directory, name))
+    folder = FileSystems.split(target)[0]
+    if FileSystems.get_scheme(folder) in (None, "file") and not os.path.isdir(folder):
+        _mkdirs(folder)
+    FileSystems.rename([record["tmp"]], [target])
+    return target
+
+
 def dicts_to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
     """Dead letters or plain dicts arriving at a writer, as one batch."""
     from beam_etl.io._file_json import objects_to_table

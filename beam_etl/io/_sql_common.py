@@ -218,3 +218,13 @@ class _StructuralError(RuntimeError):
 
 class _BatchRejected(Exception):
     """A batch that cannot be written as a whole (e.g. a column missing from the table)."""
+
+
+def sql_sink_streams(config: Any) -> bool:
+    """SQL sinks run on unbounded input, except truncate_insert (it empties the table once, first)."""
+    return getattr(config, "mode", "insert") != "truncate_insert"
+
+
+def sql_sink_idempotent(config: Any) -> bool:
+    """Writing the same rows twice changes nothing: upsert or replace on a key."""
+    return getattr(config, "mode", "insert") in ("upsert", "replace") and bool(getattr(config, "key", None))

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from beam_etl import registry
 from beam_etl.batch import DEFAULT_BATCH_ROWS
-from beam_etl.io._sql_common import get_dialect
+from beam_etl.io._sql_common import get_dialect, sql_sink_idempotent, sql_sink_streams
 from beam_etl.io._sql_conn import MYSQL_SSL_MODES, ServerConnection, validate_connection
 from beam_etl.io._sql_mysql_dialect import MySqlDialect
 from beam_etl.io._sql_server_config import ConnectionFields, ReadFields, WriteFields, transform_kwargs
@@ -163,7 +163,8 @@ def read_from_mysql(config: ReadFromMySqlConfig, ctx: registry.BuildContext) -> 
     return ReadFromMySql(**transform_kwargs(config), step_name=ctx.step_name)
 
 
-@registry.register("sink", "WriteToMySql", WriteToMySqlConfig)
+@registry.register("sink", "WriteToMySql", WriteToMySqlConfig, streaming=sql_sink_streams,
+                   idempotent=sql_sink_idempotent)
 def write_to_mysql(config: WriteToMySqlConfig, ctx: registry.BuildContext) -> beam.PTransform:
     """Writes Arrow batches to a MySQL/MariaDB table (insert, upsert, replace or truncate_insert)."""
     return WriteToMySql(**transform_kwargs(config), step_name=ctx.step_name)

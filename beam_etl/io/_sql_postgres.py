@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 
 from beam_etl import registry
 from beam_etl.batch import DEFAULT_BATCH_ROWS
-from beam_etl.io._sql_common import get_dialect
+from beam_etl.io._sql_common import get_dialect, sql_sink_idempotent, sql_sink_streams
 from beam_etl.io._sql_conn import PG_SSLMODES, ServerConnection, validate_connection
 from beam_etl.io._sql_pg_dialect import PostgresDialect
 from beam_etl.io._sql_server_config import ConnectionFields, ReadFields, WriteFields, transform_kwargs
@@ -166,7 +166,8 @@ def read_from_postgres(config: ReadFromPostgresConfig, ctx: registry.BuildContex
     return ReadFromPostgres(**transform_kwargs(config), step_name=ctx.step_name)
 
 
-@registry.register("sink", "WriteToPostgres", WriteToPostgresConfig)
+@registry.register("sink", "WriteToPostgres", WriteToPostgresConfig, streaming=sql_sink_streams,
+                   idempotent=sql_sink_idempotent)
 def write_to_postgres(config: WriteToPostgresConfig, ctx: registry.BuildContext) -> beam.PTransform:
     """Writes Arrow batches to a PostgreSQL table (COPY; insert, upsert, replace or truncate_insert)."""
     return WriteToPostgres(**transform_kwargs(config), step_name=ctx.step_name)

@@ -41,6 +41,7 @@ from beam_etl.io._file_write import (
     Layout,
     ParquetFormat,
     ShardWriter,
+    commit_streamed,
     dicts_to_batch,
     finalize,
     new_token,
@@ -800,6 +801,22 @@ class _FinalizeDoFn(beam.DoFn):
         yield from finalize(records, self._fmt, self._layout, self._num_shards, self._schema_json, self._step)
 
 
+class _CommitStreamedDoFn(beam.DoFn):
+    """Streaming: each bundle's files are moved into place as soon as the bundle has written them."""
+
+    def __init__(self, layout: Layout) -> None:
+        self._layout = layout
+
+    filesystems: common.WorkerFileSystems | None = None  # set by _WriteFiles.expand
+
+    def setup(self) -> None:
+        if self.filesystems is not None:
+            self.filesystems.ensure()
+
+    def process(self, record: dict[str, Any]) -> Iterator[str]:
+        yield commit_streamed(record, self._layout)
+
+
 class _WriteFiles(beam.PTransform):
     """Base of the file sinks: validation, layout, sharding, atomic finalisation."""
 
@@ -836,6 +853,8 @@ class _WriteFiles(beam.PTransform):
         c = self.config
         filesystems = common.WorkerFileSystems(pcoll.pipeline.options)
         batches = pcoll | "ToBatches" >> beam.ParDo(_ToBatchesDoFn())
+        if not pcoll.is_bounded:
+            return self._expand_unbounded(batches, filesystems)
         if c.num_shards:
             writer: _WriteBundleDoFn = _WriteShardDoFn(self.fmt, self.layout, self.partition_by, self.step, self._ctx)
             writer.filesystems = filesystems
@@ -862,6 +881,23 @@ class _WriteFiles(beam.PTransform):
         if unplaced is not None:
             return final, (written[DLQ_TAG], unplaced) | "DeadLetters" >> beam.Flatten()
         return final, written[DLQ_TAG]
+
+    def _expand_unbounded(self, batches: beam.PCollection,
+                          filesystems: common.WorkerFileSystems) -> tuple[beam.PCollection, beam.PCollection]:
+        """Unbounded input: every bundle commits its own uniquely named files (no end-of-run rename)."""
+        c, name = self.config, type(self).__name__
+        if c.mode != "append":
+            raise ValueError(f"{name}: mode: {c.mode!r} replaces files when a bounded run ends; a streaming run "
+                             "adds files as it goes: use mode: append")
+        if c.num_shards or getattr(c, "schema_json_", False):
+            raise ValueError(f"{name}: num_shards and schema_json need a bounded input (they act when the run "
+                             "ends); leave them out for a streaming run (partition_by works)")
+        writer = _WriteBundleDoFn(self.fmt, self.layout, self.partition_by, self.step, self._ctx)
+        writer.filesystems = filesystems
+        written = batches | "WriteBundles" >> beam.ParDo(writer).with_outputs(DLQ_TAG, main="files")
+        committer = _CommitStreamedDoFn(self.layout)
+        committer.filesystems = filesystems
+        return written.files | "Commit" >> beam.ParDo(committer), written[DLQ_TAG]
 
 
 class WriteToParquet(_WriteFiles):
@@ -937,7 +973,13 @@ def _register(kind: str, name: str, cls: type, config_model: type[registry.Stric
 
     factory.__doc__ = summary
     factory.__name__ = f"build_{name}"
-    registry.register(kind, name, config_model, streaming=kind == "source")(factory)  # writers finalise once
+    registry.register(kind, name, config_model, streaming=True if kind == "source" else _sink_streams)(factory)
+
+
+def _sink_streams(config: Any) -> bool:
+    """Writers stream in append mode (each bundle commits its own files); the other modes act at the end."""
+    return (getattr(config, "mode", "") == "append" and not getattr(config, "num_shards", 0)
+            and not getattr(config, "schema_json_", False))
 
 
 for _registration in _REGISTRATIONS:

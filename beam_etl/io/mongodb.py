@@ -697,7 +697,8 @@ def read_from_mongodb(config: ReadFromMongoDBConfig, ctx: registry.BuildContext)
     return ReadFromMongoDB(**config.model_dump(), step_name=ctx.step_name)
 
 
-@registry.register("sink", "WriteToMongoDB", WriteToMongoDBConfig, streaming=True)
+@registry.register("sink", "WriteToMongoDB", WriteToMongoDBConfig, streaming=True,
+                   idempotent=lambda c: c.mode in ("upsert", "replace"))
 def write_to_mongodb(config: WriteToMongoDBConfig, ctx: registry.BuildContext) -> beam.PTransform:
     """Writes Arrow batches to a MongoDB collection (insert, upsert or replace; unordered bulk writes)."""
     return WriteToMongoDB(**config.model_dump(), step_name=ctx.step_name)

@@ -49,6 +49,8 @@ from beam_etl.io._sql_common import (
     _check_positive_int,
     _StructuralError,
     get_dialect,
+    sql_sink_idempotent,
+    sql_sink_streams,
 )
 from beam_etl.ops import progress
 from beam_etl.ops.context import get_run_context
@@ -1142,7 +1144,8 @@ def read_from_sqlite(config: ReadFromSqliteConfig, ctx: registry.BuildContext) -
     return ReadFromSqlite(**config.model_dump(), step_name=ctx.step_name)
 
 
-@registry.register("sink", "WriteToSqlite", WriteToSqliteConfig)
+@registry.register("sink", "WriteToSqlite", WriteToSqliteConfig, streaming=sql_sink_streams,
+                   idempotent=sql_sink_idempotent)
 def write_to_sqlite(config: WriteToSqliteConfig, ctx: registry.BuildContext) -> beam.PTransform:
     """Writes Arrow batches to an SQLite table (insert, upsert, replace or truncate_insert)."""
     return WriteToSqlite(**config.model_dump(), step_name=ctx.step_name)

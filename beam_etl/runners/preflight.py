@@ -20,6 +20,7 @@ from typing import Any
 from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions
 
 from beam_etl import registry
+from beam_etl.ops import guarantees
 from beam_etl.runners import locate
 from beam_etl.runners.capabilities import BEAM_VERSION, FEATURES, RunnerProfile, profile_for
 from beam_etl.runners.direct import QUALIFIED_NAME
@@ -70,6 +71,9 @@ def required_features(spec: PipelineSpec, configs: Mapping[str, Any], streaming:
             continue
         for feature in entry.features(configs.get(t.name)):
             needed.setdefault(feature, []).append(f"{t.name} ({t.type})")
+    for source, steps in guarantees.regrouping_steps(spec, configs).items():
+        needed.setdefault(guarantees.FEATURE, []).append(
+            f"exactly_once source {source} feeding the regrouping step(s) {', '.join(steps)}")
     return {f: needed[f] for f in FEATURES if f in needed}
 
 

@@ -10,6 +10,8 @@ and stops it when the run ends.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import signal
 import socket
 import subprocess
 import tempfile
@@ -20,6 +22,13 @@ from pathlib import Path
 from beam_etl.runners import locate
 
 START_TIMEOUT_S = 60.0
+
+
+def _die_with_parent() -> None:
+    """Linux: the job service gets SIGKILL when the run that started it dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -34,7 +43,7 @@ def prism_job_service(binary: Path, timeout_s: float = START_TIMEOUT_S) -> Itera
     port = _free_port()
     with tempfile.TemporaryFile(mode="w+") as log:
         proc = subprocess.Popen([str(binary), "--job_port", str(port), "--serve_http=false", "--log_level=warn"],
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         try:
             deadline = time.monotonic() + timeout_s
             while not locate.reachable(f"127.0.0.1:{port}", timeout_s=0.5):

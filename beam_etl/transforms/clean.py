@@ -574,7 +574,8 @@ def _per_batch_only(config: NullRemoverConfig) -> bool:
     return config.drop_columns is None and "drop_columns" not in modes and not global_fill
 
 
-@registry.register("step", "NullRemover", NullRemoverConfig, streaming=_per_batch_only)
+@registry.register("step", "NullRemover", NullRemoverConfig, streaming=_per_batch_only,
+                   regroups=lambda c: not _per_batch_only(c))
 def build_null_remover(config: NullRemoverConfig, ctx: registry.BuildContext) -> NullRemover:
     """Drop or fill nulls; drop mostly-null columns (global statistics, one extra pass)."""
     return NullRemover(**config.kwargs(), step=ctx.step_name)

@@ -1013,7 +1013,7 @@ class ExactDeduplicatorConfig(registry.StrictConfig):
         "zstd", description="Compression of the shuffled Arrow data (zstd: smallest, lz4: fastest).")
 
 
-@registry.register("step", "ExactDeduplicator", ExactDeduplicatorConfig)
+@registry.register("step", "ExactDeduplicator", ExactDeduplicatorConfig, regroups=True)
 def build_exact_deduplicator(config: ExactDeduplicatorConfig, ctx: registry.BuildContext) -> ExactDeduplicator:
     """Drops exact duplicates: keeps one record per (normalised) key."""
     return ExactDeduplicator(**config.model_dump(), step=ctx.step_name)

@@ -789,7 +789,7 @@ class QualityScorerConfig(registry.StrictConfig):
         return self
 
 
-@registry.register("step", "QualityScorer", QualityScorerConfig)
+@registry.register("step", "QualityScorer", QualityScorerConfig, regroups=True)
 def build_quality_scorer(config: QualityScorerConfig, ctx: registry.BuildContext) -> QualityScorer:
     """Add _quality_score and _quality_flags; optional min_score DLQ and report file."""
     return QualityScorer(**config.kwargs(), step=ctx.step_name)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.services import MONGO, MYSQL, POSTGRES, S3_SERVER, require
+from tests.services import KAFKA, MONGO, MYSQL, POSTGRES, S3_SERVER, require
 
 
 @pytest.fixture
@@ -45,3 +45,11 @@ def s3_endpoint(monkeypatch) -> str:
     for key, value in S3_SERVER.aws_env().items():
         monkeypatch.setenv(key, value)
     return S3_SERVER.endpoint
+
+
+@pytest.fixture
+def kafka_bootstrap() -> str:
+    """127.0.0.1:59092 (Kafka 4.4.0, one KRaft node, PLAINTEXT, no auth); auto topic creation is off,
+    so create topics first: ``tests.services.KAFKA.create_topic(name, partitions)``."""
+    require("kafka")
+    return KAFKA.bootstrap

@@ -1,4 +1,4 @@
-"""The PostgreSQL server itself restarted in the middle of a load (scripts/services.sh down + up).
+"""A database server (PostgreSQL, MariaDB) restarted in the middle of a load (scripts/services.sh down + up).
 
 The load either retries through the restart or fails loudly; either way nothing is lost (every
 row is in the table or in the DLQ) and a rerun of the same upsert leaves each row exactly once.
@@ -91,3 +91,75 @@ def test_server_restart_mid_load_loses_nothing_and_a_rerun_duplicates_nothing(po
     finally:
         _sql(postgres_dsn, f'DROP TABLE IF EXISTS "{table}"; DROP TABLE IF EXISTS "{flag}"; '
                            f'DROP FUNCTION IF EXISTS "{fn}"()')
+
+
+def _my_sql(params: dict, statement: str) -> list[tuple] | None:
+    import pymysql
+
+    conn = pymysql.connect(**params, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+            return list(cur.fetchall()) if cur.description else None
+    finally:
+        conn.close()
+
+
+def _restart_mariadb_when_loading(params: dict, flag: str, done: list[str]) -> threading.Thread:
+    """Waits until the loader sleeps inside the table's trigger, then restarts the MariaDB server."""
+    def run() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            sleeping = _my_sql(params, "SELECT count(*) FROM information_schema.processlist "
+                                       "WHERE state = 'User sleep'")
+            if sleeping and sleeping[0][0]:
+                break
+            time.sleep(0.1)
+        for action in ("down", "up"):
+            result = subprocess.run(["bash", str(REPO / "scripts" / "services.sh"), action, "mariadb"],
+                                    capture_output=True, text=True, timeout=180)
+            done.append(f"{action}:{result.returncode}")
+        _my_sql(params, f"UPDATE `{flag}` SET slow = 0")  # the retried batches run at full speed
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_mariadb_restart_mid_load_loses_nothing_and_a_rerun_duplicates_nothing(mysql_params):
+    from beam_etl.io.sql import WriteToMySql
+
+    table, flag = (f"beam_etl_restart_{uuid.uuid4().hex[:8]}{s}" for s in ("", "_flag"))
+    _my_sql(mysql_params, f"CREATE TABLE `{table}` (id BIGINT PRIMARY KEY, name TEXT)")
+    _my_sql(mysql_params, f"CREATE TABLE `{flag}` (slow TINYINT)")
+    _my_sql(mysql_params, f"INSERT INTO `{flag}` VALUES (1)")
+    _my_sql(mysql_params, f"CREATE TRIGGER `{table}_slow` BEFORE INSERT ON `{table}` FOR EACH ROW "
+                          f"BEGIN IF (SELECT slow FROM `{flag}`) = 1 AND NEW.id % {BATCH} = 0 THEN "
+                          "DO SLEEP(30); END IF; END")
+    batches = [pa.RecordBatch.from_pylist([{"id": i, "name": f"n{i}"} for i in range(s, s + BATCH)])
+               for s in range(0, ROWS, BATCH)]
+    keys = ("host", "port", "database", "user", "password")
+    sink = {**{k: mysql_params[k] for k in keys}, "table": table, "mode": "upsert", "key": ["id"],
+            "max_retries": 8}
+    steps: list[str] = []
+    try:
+        thread = _restart_mariadb_when_loading(mysql_params, flag, steps)
+        try:
+            _, dead, _ = write(WriteToMySql(**sink), batches)
+            failed_loudly = False
+        except Exception:  # noqa: BLE001 - a run that stops with an error is one of the two allowed outcomes
+            dead, failed_loudly = [], True
+        thread.join(240)
+        print(f"restart outcome: failed_loudly={failed_loudly}, dead letters={len(dead)}")
+        assert steps == ["down:0", "up:0"], steps  # the server really went down and came back
+        count = _my_sql(mysql_params, f"SELECT count(*) FROM `{table}`")[0][0]
+        if not failed_loudly:
+            assert count + len(dead) == ROWS  # nothing lost: each row is in the table or in the DLQ
+
+        _, dead, _ = write(WriteToMySql(**sink), batches)  # the rerun
+        assert dead == []
+        assert _my_sql(mysql_params, f"SELECT count(*), count(DISTINCT id), min(id), max(id) FROM `{table}`") == [
+            (ROWS, ROWS, 0, ROWS - 1)]
+    finally:
+        _my_sql(mysql_params, f"DROP TABLE IF EXISTS `{table}`")
+        _my_sql(mysql_params, f"DROP TABLE IF EXISTS `{flag}`")

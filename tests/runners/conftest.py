@@ -53,20 +53,6 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def prism_binary() -> Path:
-    """The Prism binary for the installed Beam; built by scripts/runners.sh when missing."""
-    found = locate.find_prism()
-    if found is None:
-        result = subprocess.run(["bash", str(REPO / "scripts" / "runners.sh"), "prism"], capture_output=True,
-                                text=True, timeout=1200)
-        found = locate.find_prism()
-        if found is None:
-            pytest.fail(f"Prism is not available and scripts/runners.sh prism failed ({result.returncode}):\n"
-                        f"{result.stderr[-3000:]}")
-    return found
-
-
-@pytest.fixture(scope="session")
 def prism_job_service(prism_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A standalone Prism job service: what PortableRunner submits to (as it would to a Flink job server)."""
     port = _free_port()
