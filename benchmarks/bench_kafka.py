@@ -633,7 +633,7 @@ def render(tp: dict[str, list[dict]], lat: dict[str, dict], args: argparse.Names
         "",
         "Reader settings that bound beam_etl's latency (`ReadFromKafka`, `--set sources.read.config.NAME=...`): "
         "`max_bundle` (2s: a partition's reader checkpoints after this long; its offsets commit when the bundle "
-        "is finalised), `poll_timeout` (500ms: a poll returns after this long unless `batch_rows` messages came "
+        "is finalised), `poll_timeout` (100ms: a poll returns after this long unless `batch_rows` messages came "
         "first), `idle_resume` (200ms: the pause before a caught-up partition is polled again), `batch_rows` "
         "(10,000).",
     ]

@@ -26,6 +26,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from beam_etl.batch import batch_nbytes
 from beam_etl.io import _kafka_ledger as ledger
 from beam_etl.io._kafka_common import Decoded, DecodeOptions, RawMessage, Rejected, decode_messages, event_times_ms
+from beam_etl.ops import beam_compat
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, dead_letter
 from beam_etl.ops.metrics import StepMetrics
@@ -34,6 +35,7 @@ from beam_etl.transforms.base import tag_source
 
 _LOG = logging.getLogger(__name__)
 UNBOUNDED = 2**63 - 1
+beam_compat.install()  # imported by every worker that runs the reader (see beam_compat)
 
 
 class KafkaReadError(RuntimeError):

@@ -1,28 +1,37 @@
-"""The run's logging set-up drops only the known-benign SDK worker error."""
+"""The run's logging set-up, and the SDK worker patch for Prism's finalisation requests."""
 
 from __future__ import annotations
 
 import logging
 
+from apache_beam.portability.api import beam_fn_api_pb2
+from apache_beam.runners.worker import sdk_worker
+
+from beam_etl.ops import beam_compat
 from beam_etl.ops.logging import configure
 
 
-def test_benign_finalize_error_is_dropped_and_others_pass(caplog):
-    configure("WARNING")
-    worker = logging.getLogger("apache_beam.runners.worker.sdk_worker")
-    with caplog.at_level(logging.ERROR, logger=worker.name):
-        try:
-            raise RuntimeError("Bundle is not in a finalizable state for inst-7")
-        except RuntimeError:
-            worker.error("Error processing instruction inst-7. Original traceback is", exc_info=True)
-        worker.error("Error processing instruction inst-8: something real")
-    messages = [r.getMessage() for r in caplog.records]
-    assert messages == ["Error processing instruction inst-8: something real"]
-
-
-def test_configure_twice_adds_one_filter():
+def test_configure_sets_beams_level():
     configure("INFO")
-    configure("INFO")
-    worker = logging.getLogger("apache_beam.runners.worker.sdk_worker")
-    assert len(worker.filters) == 1
     assert logging.getLogger("apache_beam").level == logging.INFO
+
+
+class _Worker:
+    def __init__(self, cache: sdk_worker.BundleProcessorCache) -> None:
+        self.bundle_processor_cache = cache
+
+
+def test_finalising_a_released_bundle_is_an_empty_success_and_a_failed_one_is_still_an_error():
+    beam_compat.install()
+    beam_compat.install()  # idempotent
+    cache = sdk_worker.BundleProcessorCache(None, None, None, {})
+    cache.known_not_running_instruction_ids["released"] = True
+    cache.failed_instruction_ids["failed"] = RuntimeError("boom")
+    worker = _Worker(cache)
+    request = beam_fn_api_pb2.FinalizeBundleRequest(instruction_id="released")
+    response = sdk_worker.SdkWorker.finalize_bundle(worker, request, "finalize-1")
+    assert response.instruction_id == "finalize-1" and response.HasField("finalize_bundle")
+    assert not response.error
+    failed = beam_fn_api_pb2.FinalizeBundleRequest(instruction_id="failed")
+    response = sdk_worker.SdkWorker.finalize_bundle(worker, failed, "finalize-2")
+    assert "has failed" in response.error
