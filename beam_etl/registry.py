@@ -27,8 +27,10 @@ _BUILTIN_MODULES = (
     "beam_etl.transforms.quality",
     "beam_etl.transforms.dedup",
     "beam_etl.transforms.stream_dedup",
+    "beam_etl.transforms.fuzzy_dedup",
     "beam_etl.transforms.aggregate",
     "beam_etl.transforms.window",
+    "beam_etl.transforms.anomaly",
 )
 
 
