@@ -473,13 +473,15 @@ def _kafka_overrides(group: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def _kafka_to_postgres(sinks: Path | None) -> Iterator[list[str]]:
+def _kafka_into_postgres(sinks: Path | None, messages: list, topic_prefix: str,
+                         table_prefix: str) -> Iterator[list[str]]:
+    """A seeded topic and a PostgreSQL target table (copied to ``sinks`` before it is dropped)."""
     require("kafka")
     require("postgres")
-    topic, table = _unique("events"), _unique("page_minutes")
+    topic, table = _unique(topic_prefix), _unique(table_prefix)
     create_topics(topic)
     try:
-        produce(topic, event_messages())
+        produce(topic, messages)
         with _env(_pg_env()):
             try:
                 yield [*_kafka_overrides(_unique("group")), f"params.topic={topic}", f"params.table={table}"]
@@ -492,24 +494,12 @@ def _kafka_to_postgres(sinks: Path | None) -> Iterator[list[str]]:
         drop_topics(topic)
 
 
-@contextlib.contextmanager
-def _kafka_to_postgres_upsert(sinks: Path | None) -> Iterator[list[str]]:
-    require("kafka")
-    require("postgres")
-    topic, table = _unique("orders"), _unique("orders")
-    create_topics(topic)
-    try:
-        produce(topic, order_messages())
-        with _env(_pg_env()):
-            try:
-                yield [*_kafka_overrides(_unique("group")), f"params.topic={topic}", f"params.table={table}"]
-            finally:
-                try:
-                    _dump_pg_table(table, sinks, "postgres_table")
-                finally:
-                    _pg_execute(f'DROP TABLE IF EXISTS "{table}"')
-    finally:
-        drop_topics(topic)
+def _kafka_to_postgres(sinks: Path | None) -> contextlib.AbstractContextManager[list[str]]:
+    return _kafka_into_postgres(sinks, event_messages(), "events", "page_minutes")
+
+
+def _kafka_to_postgres_upsert(sinks: Path | None) -> contextlib.AbstractContextManager[list[str]]:
+    return _kafka_into_postgres(sinks, order_messages(), "orders", "orders")
 
 
 @contextlib.contextmanager

@@ -60,7 +60,7 @@ class ReadOptions:
     watermark_lag_s: float
     commit_offsets: bool
     timeout_s: float
-    settings: tuple[tuple[str, str], ...] = ()
+    settings: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)  # may hold credentials
 
     def consumer_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {

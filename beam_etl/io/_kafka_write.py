@@ -48,7 +48,7 @@ class WriteOptions:
     flush_timeout_s: float
     timeout_s: float
     transaction_timeout_s: float = 15.0
-    settings: tuple[tuple[str, str], ...] = ()
+    settings: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)  # may hold credentials
 
     def settings_for_consumer(self) -> dict[str, str]:
         """The user's security settings, for the consumer that fetches group metadata."""

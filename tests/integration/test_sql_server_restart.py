@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg2
@@ -39,24 +40,27 @@ def _sql(dsn: str, statement: str) -> list[tuple] | None:
     return rows
 
 
-def _restart_when_loading(dsn: str, flag: str, done: list[str]) -> threading.Thread:
-    """Waits until the loader sleeps inside the table's trigger, then restarts the whole server."""
+def _restart_when_loading(service: str, loader_sleeps: Callable[[], bool], speed_up: Callable[[], object],
+                          done: list[str]) -> threading.Thread:
+    """Waits until the loader sleeps inside the table's trigger, restarts ``service``, then lets the
+    retried batches run at full speed."""
     def run() -> None:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            sleeping = _sql(dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
-            if sleeping and sleeping[0][0]:
-                break
+        while time.monotonic() < deadline and not loader_sleeps():
             time.sleep(0.1)
         for action in ("down", "up"):
-            result = subprocess.run(["bash", str(REPO / "scripts" / "services.sh"), action, "postgres"],
+            result = subprocess.run(["bash", str(REPO / "scripts" / "services.sh"), action, service],
                                     capture_output=True, text=True, timeout=180)
             done.append(f"{action}:{result.returncode}")
-        _sql(dsn, f'UPDATE "{flag}" SET slow = false')  # the retried batches run at full speed
+        speed_up()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
+
+
+def _sleeping(rows: list[tuple] | None) -> bool:
+    return bool(rows and rows[0][0])
 
 
 def test_server_restart_mid_load_loses_nothing_and_a_rerun_duplicates_nothing(postgres_dsn):
@@ -71,7 +75,10 @@ def test_server_restart_mid_load_loses_nothing_and_a_rerun_duplicates_nothing(po
     sink = {**_params(postgres_dsn), "table": table, "mode": "upsert", "key": ["id"], "max_retries": 8}
     steps: list[str] = []
     try:
-        thread = _restart_when_loading(postgres_dsn, flag, steps)
+        thread = _restart_when_loading(
+            "postgres",
+            lambda: _sleeping(_sql(postgres_dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")),
+            lambda: _sql(postgres_dsn, f'UPDATE "{flag}" SET slow = false'), steps)
         try:
             _, dead, _ = write(WriteToPostgres(**sink), batches)
             failed_loudly = False
@@ -105,27 +112,6 @@ def _my_sql(params: dict, statement: str) -> list[tuple] | None:
         conn.close()
 
 
-def _restart_mariadb_when_loading(params: dict, flag: str, done: list[str]) -> threading.Thread:
-    """Waits until the loader sleeps inside the table's trigger, then restarts the MariaDB server."""
-    def run() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            sleeping = _my_sql(params, "SELECT count(*) FROM information_schema.processlist "
-                                       "WHERE state = 'User sleep'")
-            if sleeping and sleeping[0][0]:
-                break
-            time.sleep(0.1)
-        for action in ("down", "up"):
-            result = subprocess.run(["bash", str(REPO / "scripts" / "services.sh"), action, "mariadb"],
-                                    capture_output=True, text=True, timeout=180)
-            done.append(f"{action}:{result.returncode}")
-        _my_sql(params, f"UPDATE `{flag}` SET slow = 0")  # the retried batches run at full speed
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_mariadb_restart_mid_load_loses_nothing_and_a_rerun_duplicates_nothing(mysql_params):
     from beam_etl.io.sql import WriteToMySql
 
@@ -143,7 +129,11 @@ def test_mariadb_restart_mid_load_loses_nothing_and_a_rerun_duplicates_nothing(m
             "max_retries": 8}
     steps: list[str] = []
     try:
-        thread = _restart_mariadb_when_loading(mysql_params, flag, steps)
+        thread = _restart_when_loading(
+            "mariadb",
+            lambda: _sleeping(_my_sql(mysql_params, "SELECT count(*) FROM information_schema.processlist "
+                                                    "WHERE state = 'User sleep'")),
+            lambda: _my_sql(mysql_params, f"UPDATE `{flag}` SET slow = 0"), steps)
         try:
             _, dead, _ = write(WriteToMySql(**sink), batches)
             failed_loudly = False
