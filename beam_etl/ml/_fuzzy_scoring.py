@@ -32,6 +32,28 @@ def numeric_similarity(a: np.ndarray, b: np.ndarray, scale: float) -> np.ndarray
     return np.clip(1.0 - np.abs(a - b) / scale, 0.0, 1.0)
 
 
+SWAPPED_DATE_SIMILARITY = 0.9
+
+
+def date_similarity(a: np.ndarray, b: np.ndarray, scale: float) -> np.ndarray:
+    """Like ``numeric_similarity`` on days since the epoch, but a day/month transposition
+    (2024-04-05 vs 2024-05-04, the classic dd/mm vs mm/dd misreading) scores 0.9."""
+    sim = numeric_similarity(a, b, scale)
+    ok = ~(np.isnan(a) | np.isnan(b))
+    if not ok.any():
+        return sim
+    da = np.where(ok, a, 0).astype("datetime64[D]")
+    db = np.where(ok, b, 0).astype("datetime64[D]")
+    ya, ma = da.astype("datetime64[Y]"), da.astype("datetime64[M]")
+    day_a = (da - ma).astype(np.int64) + 1
+    month_a = (ma - ya).astype(np.int64) + 1
+    swappable = ok & (day_a <= 12) & (day_a != month_a)
+    swapped = np.where(swappable, ya + (day_a - 1).astype("timedelta64[M]"), ya).astype("datetime64[D]")
+    swapped = swapped + np.where(swappable, month_a - 1, 0).astype("timedelta64[D]")
+    hit = swappable & (swapped == db)
+    return np.where(hit, np.maximum(sim, SWAPPED_DATE_SIMILARITY), sim)
+
+
 def embedding_similarity(a: np.ndarray, b: np.ndarray, encoder: Encoder) -> np.ndarray:
     """Cosine similarity of encoded strings (each distinct string encoded once), clipped to [0, 1]."""
     uniq, inv = np.unique(np.concatenate([a, b]), return_inverse=True)

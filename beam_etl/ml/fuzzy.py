@@ -26,11 +26,13 @@ from scipy.sparse.csgraph import connected_components
 
 from beam_etl.hashing import hash_columns
 from beam_etl.ml import _fuzzy_blocking as blk
+from beam_etl.ml import _fuzzy_embed as emb
 from beam_etl.ml import _fuzzy_scoring as sc
 from beam_etl.ml._fuzzy_blocking import soundex
+from beam_etl.ml._fuzzy_embed import EmbeddingMatch
 from beam_etl.ml._fuzzy_scoring import Encoder, FellegiSunter, fit_em
 
-__all__ = ["BlockKey", "Comparison", "FellegiSunter", "FuzzyConfig", "FuzzyResult", "candidate_pairs",
+__all__ = ["BlockKey", "Comparison", "EmbeddingMatch", "FellegiSunter", "FuzzyConfig", "FuzzyResult", "candidate_pairs",
            "cluster_pairs", "compare_pairs", "exact_duplicates", "find_duplicates", "fit_em", "merge_clusters",
            "soundex"]
 
@@ -40,6 +42,8 @@ METHODS = ("jaro_winkler", "levenshtein", "exact", "numeric", "date", "embedding
 DEFAULT_THRESHOLDS = {"jaro_winkler": (0.8, 0.9, 1.0), "levenshtein": (0.6, 0.8, 1.0), "exact": (1.0,),
                       "numeric": (0.5, 1.0), "date": (0.5, 1.0), "embedding": (0.8, 0.9)}
 _DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d", "%d/%m/%Y")
+CLUSTER_COLUMN = "cluster_id"
+COUNT_COLUMN = "duplicate_count"
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class FuzzyConfig:
     strategy: Strategy = "keep_first"
     score_column: str | None = None
     workers: int = 1
+    embedding: EmbeddingMatch | None = None
 
     def __post_init__(self) -> None:
         if not self.comparisons:
@@ -120,6 +125,7 @@ class FuzzyConfig:
         names = [f for k in (*self.blocking, *self.sorted_keys) for f in k.fields]
         names += [c.field for c in self.comparisons if c.method not in ("numeric", "date")]
         names += list(self.exact_fields or [c.field for c in self.comparisons])
+        names += list(self.embedding.fields) if self.embedding else []
         return list(dict.fromkeys(names))
 
 
@@ -143,8 +149,8 @@ class FuzzyResult:
         sizes = np.bincount(self.cluster_id, minlength=len(self.cluster_id))
         idx = np.flatnonzero(self.keep)
         out = table.take(pa.array(idx))
-        out = out.append_column("cluster_id", pa.array(self.cluster_id[idx], pa.int64()))
-        return out.append_column("duplicate_count", pa.array(sizes[self.cluster_id[idx]] - 1, pa.int64()))
+        out = out.append_column(CLUSTER_COLUMN, pa.array(self.cluster_id[idx], pa.int64()))
+        return out.append_column(COUNT_COLUMN, pa.array(sizes[self.cluster_id[idx]] - 1, pa.int64()))
 
 
 # --- column preparation --------------------------------------------------------------------------
@@ -213,7 +219,8 @@ def compare_pairs(data: Data, strings: dict[str, np.ndarray], rows: np.ndarray, 
         if c.method in ("numeric", "date"):
             raw = data.column(c.field)
             vals = (numeric_values(raw) if c.method == "numeric" else date_days(raw))[rows]
-            sims[:, k] = sc.numeric_similarity(vals[left], vals[right], c.scale)
+            similarity = sc.numeric_similarity if c.method == "numeric" else sc.date_similarity
+            sims[:, k] = similarity(vals[left], vals[right], c.scale)
         elif c.method == "embedding":
             s = strings[c.field]
             sims[:, k] = sc.embedding_similarity(s[left], s[right], c.encoder)
@@ -284,9 +291,19 @@ def find_duplicates(data: Data, config: FuzzyConfig) -> FuzzyResult:
     exact_rep = exact_duplicates(strings, exact_fields) if n else np.zeros(0, np.int64)
     rows = np.flatnonzero(exact_rep == np.arange(n))
     sub = {f: v[rows] for f, v in strings.items()}
+    spec = config.embedding
+    texts = emb.record_texts(sub, spec.fields) if spec else None
+    embedded = np.zeros(0, np.int64)
     left, right = candidate_pairs(sub, config) if len(rows) > 1 else blk.union_pairs([], 1)
+    if spec and spec.neighbours and len(rows) > 1:
+        near = emb.neighbour_pairs(texts, spec)
+        left, right = blk.union_pairs([(left, right), near], len(rows))
+        embedded = np.flatnonzero(texts != "")
     sims = compare_pairs(data, sub, rows, left, right, config.comparisons, config.workers)
     score, model = classify(sims, config)
+    if spec:
+        score, voted = emb.borderline_vote(score, left, right, texts, spec)
+        embedded = np.union1d(embedded, voted)
     matched = score >= config.threshold
     dup = np.flatnonzero(exact_rep != np.arange(n))
     edges_l = np.concatenate([rows[left[matched]], dup])
@@ -295,5 +312,5 @@ def find_duplicates(data: Data, config: FuzzyConfig) -> FuzzyResult:
     quality = numeric_values(data.column(config.score_column)) if config.score_column else None
     keep, duplicate_of = merge_clusters(cluster_id, config.strategy, quality)
     stats = {"rows": n, "exact_duplicates": len(dup), "candidates": len(left), "matched_pairs": int(matched.sum()),
-             "clusters": len(np.unique(cluster_id)), "kept": int(keep.sum())}
+             "clusters": len(np.unique(cluster_id)), "kept": int(keep.sum()), "embedded_records": len(embedded)}
     return FuzzyResult(cluster_id, keep, duplicate_of, rows[left], rows[right], score, matched, model, stats)

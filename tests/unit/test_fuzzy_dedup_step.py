@@ -163,6 +163,14 @@ def test_table_function_matches_the_step():
     ({"strategy": "keep_any"}, "strategy"),
     ({"exact_fields": []}, "exact_fields"),
     ({"unknown_option": 1}, "unknown_option"),
+    ({"embedding": {"fields": ["name"], "borderline": None}}, "embedding"),
+    ({"embedding": {"fields": ["name"], "borderline": [0.9, 0.2]}}, "borderline"),
+    ({"embedding": {"fields": []}}, "fields"),
+    ({"embedding": {"fields": ["name"], "neighbours": -1}}, "neighbours"),
+    ({"streaming": {}, "classifier": "em"}, "classifier: threshold"),
+    ({"streaming": {}, "strategy": "keep_last"}, "keep_last"),
+    ({"streaming": {"ttl_s": 0}}, "ttl_s"),
+    ({"streaming": {}, "embedding": {"fields": ["name"]}}, "embedding"),
 ])
 def test_config_errors_name_the_field(overrides, field):
     with pytest.raises(pydantic.ValidationError) as err:
@@ -173,3 +181,34 @@ def test_config_errors_name_the_field(overrides, field):
 def test_constructor_needs_a_fuzzy_config():
     with pytest.raises(TypeError, match="FuzzyConfig"):
         FuzzyDeduplicator({"comparisons": []})
+
+
+def test_minilm_vote_on_borderline_pairs_through_the_step():
+    """Typo pairs scoring in [0.5, 0.9) are decided by MiniLM; the share embedded is a metric."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    step = build(threshold=0.5, embedding={"fields": ["name", "city"], "borderline": [0.5, 0.9],
+                                           "cosine_threshold": 0.8})
+    with tempfile.TemporaryDirectory() as out_dir:
+        p = beam.Pipeline()
+        kept, _ = p | beam.Create(batches()) | step
+        _ = kept | beam.Map(write_element, out_dir)
+        result = p.run()
+        result.wait_until_finish()
+        out, _ = read_elements(out_dir)
+    rows = out.to_pylist()
+    assert {r["id"] for r in rows} == {1, 2, 4, 7, 9}
+    counters = result.metrics().query(MetricsFilter().with_namespace(fuzzy_dedup.MATCH_METRICS_NAMESPACE))["counters"]
+    found = {c.key.metric.name: c.committed for c in counters}
+    assert 0 < found["fuzzy.embedded_records"] < len(ROWS)
+
+
+def test_streaming_config_builds_the_stateful_variant_and_finds_the_same_clusters():
+    config = FuzzyDeduplicatorConfig(**(CONFIG | {"streaming": {"ttl_s": 3600}}))
+    entry = registry.lookup("FuzzyDeduplicator")
+    assert entry.supports_streaming(config) and "state_and_timers" in entry.features(config)
+    step = entry.factory(config, registry.BuildContext("fuzzy", RunContext(pipeline="t", run_id="r", run_dir="/tmp")))
+    assert isinstance(step, fuzzy_dedup.StreamingFuzzyDeduplicator)
+    rows, metrics = run(step)
+    assert {r["id"] for r in rows} == {1, 2, 4, 7, 9}  # blocks by city: each typo meets its original
+    assert metrics["records_in"] == 10 and metrics["records_filtered"] == 5

@@ -224,3 +224,15 @@ def test_config_validation() -> None:
         BlockKey("a", "metaphone")
     with pytest.raises(ValueError, match="score_column"):
         config(strategy="keep_best")
+
+
+def test_date_similarity_forgives_a_day_month_transposition():
+    from beam_etl.ml._fuzzy_scoring import date_similarity
+
+    def days(text: str) -> float:
+        return float(np.datetime64(text, "D").astype(np.int64))
+
+    a = np.array([days("2024-04-05"), days("2024-03-03"), days("2024-01-30"), days("2024-04-05"), np.nan])
+    b = np.array([days("2024-05-04"), days("2024-03-03"), days("2024-01-31"), days("2024-06-04"), 1.0])
+    sim = date_similarity(a, b, scale=1.0)
+    assert sim[:4].tolist() == [0.9, 1.0, 0.0, 0.0] and np.isnan(sim[4])
