@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -73,7 +74,19 @@ def test_quickstart_outputs(tmp_path):
     assert str(orders.schema.field("order_date").type) == "date32[day]"
     assert {"_quality_score", "_quality_flags"} <= set(orders.column_names)
     report = json.loads((run_dir / "quality_report.json").read_text())
-    assert report["records"] == orders.num_rows + summary["steps"]["dedup"]["records_filtered"]
+    steps = summary["steps"]
+    assert report["records"] == (orders.num_rows + steps["dedup"]["records_filtered"]
+                                 + steps["fuzzy_dedup"]["records_filtered"])
+    # the sample data re-enters 40 orders under a new order id (customers_orders.README.md): all merged
+    assert steps["fuzzy_dedup"]["records_filtered"] == 40
+    twins = Counter(zip(orders.column("customer_id").to_pylist(), orders.column("amount").to_pylist(), strict=True))
+    assert max(twins.values()) == 1, "a re-entered order survived the fuzzy dedup"
+    assert orders.column("duplicate_count").to_pylist().count(1) == 40
+    # the 30 planted amount outliers (80-150x their category's typical order) are all tagged
+    table = orders.to_pandas()
+    planted = table["amount"] / table.groupby("category")["amount"].transform("median") > 40
+    assert planted.sum() == 30 and table.loc[planted, "is_anomaly"].all()
+    assert table["is_anomaly"].sum() <= 0.03 * len(table)
     letters = _dead_letters(run_dir)
     parse_errors = [x for x in letters if x["error_type"] == "parse"]
     type_errors = [x for x in letters if x["error_type"] == "type"]
