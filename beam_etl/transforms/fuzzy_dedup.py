@@ -6,8 +6,8 @@ How it runs (first increment)::
                                                    \\--> dead letters
 
 All batches are gathered into one list in the global window, put in a stable order (source,
-then first row, when the batches carry that metadata; else arrival order) and concatenated
-into one Arrow table. ``beam_etl.ml.fuzzy.find_duplicates`` then runs **once** over the whole
+then first row, when the batches carry that metadata; else a canonical order: rows sorted by
+their flat columns) and concatenated into one Arrow table. ``beam_etl.ml.fuzzy.find_duplicates`` then runs **once** over the whole
 table: exact pass on ``exact_fields``, candidate pairs from blocking keys and a sorted
 neighbourhood, pair scoring, EM (or a threshold), connected components, merge by strategy.
 
@@ -69,10 +69,28 @@ def _order_key(batch: pa.RecordBatch) -> tuple[str, int]:
     return meta.get(SOURCE_KEY, b"").decode(), first
 
 
+def canonical_rows(table: pa.Table) -> pa.Table:
+    """``table`` sorted by its flat columns in schema order: one order for the same rows on every runner."""
+    keys = [(f.name, "ascending") for f in table.schema if not pa.types.is_nested(f.type)]
+    if not keys:
+        return table
+    try:
+        return table.sort_by(keys)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        return table
+
+
 def gather_table(batches: Sequence[pa.RecordBatch]) -> pa.Table:
-    """The batches in a stable order as one table (schemas unified, row-position metadata dropped)."""
-    ordered = sorted((b for b in batches if b is not None and b.num_rows), key=_order_key)
+    """The batches in a stable order as one table (schemas unified, row-position metadata dropped).
+
+    Batches that all carry their source position (file sources, before any shuffle) keep file
+    order; otherwise arrival order depends on the runner, so the rows are put in canonical order.
+    """
+    present = [b for b in batches if b is not None and b.num_rows]
+    ordered = sorted(present, key=_order_key)
     table = concat_batches(ordered)
+    if any(_order_key(b)[1] < 0 for b in present):
+        table = canonical_rows(table)
     meta = table.schema.metadata
     if meta and FIRST_ROW_KEY in meta:
         table = table.replace_schema_metadata({k: v for k, v in meta.items() if k != FIRST_ROW_KEY})

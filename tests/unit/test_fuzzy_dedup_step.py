@@ -212,3 +212,13 @@ def test_streaming_config_builds_the_stateful_variant_and_finds_the_same_cluster
     rows, metrics = run(step)
     assert {r["id"] for r in rows} == {1, 2, 4, 7, 9}  # blocks by city: each typo meets its original
     assert metrics["records_in"] == 10 and metrics["records_filtered"] == 5
+
+
+def test_batches_without_positions_get_one_canonical_order_whatever_the_arrival():
+    """After a shuffle batches carry no source position: keep_last must not depend on arrival order."""
+    t = table()
+    plain = [t.slice(s, n).combine_chunks().to_batches()[0] for s, n in ((0, 4), (4, 3), (7, 3))]
+    forward, _ = run(build(strategy="keep_last"), data=plain)
+    backward, _ = run(build(strategy="keep_last"), data=list(reversed(plain)))
+    assert {r["id"] for r in forward} == {r["id"] for r in backward}
+    assert len(forward) == 5
