@@ -11,6 +11,9 @@ RecordBatches:
   is therefore read twice (once for the sample, once for scoring), like NullRemover's statistics.
 * **model_path**: a model saved with ``AnomalyModel.save`` is loaded once per DoFn instance in
   ``setup``; there is no fit stage, the step is per-batch and works on unbounded input.
+* **streaming**: per-key running statistics on keyed state (``_anomaly_stream``): each row is
+  scored against the earlier rows of its key (z-score or robust z), then folded in; no fit, no
+  model, works on unbounded input.
 
 Each batch leaves with ``anomaly_score`` (float64 in [0, 1]), ``is_anomaly`` (bool) and
 ``anomaly_reasons`` (list<string>) appended. Rows are never dropped: a batch whose scoring
@@ -39,6 +42,7 @@ from beam_etl.ml.anomaly import DETECTORS, AnomalyConfig, AnomalyConfigError, An
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, dead_letter
 from beam_etl.ops.metrics import StepMetrics
+from beam_etl.transforms._anomaly_stream import StreamingAnomalyConfig, StreamingAnomalyDetector
 from beam_etl.transforms.base import batch_attempt, batch_source
 from beam_etl.transforms.mapping import NamedStep
 
@@ -211,24 +215,38 @@ class AnomalyDetector(NamedStep):
     ``contamination`` or ``threshold``, ``numeric_fields`` / ``text_fields`` / ``date_fields``,
     ...). Without ``model_path`` the model is fitted once on a uniform sample of at most
     ``fit_sample_rows`` input rows and passed to the scoring DoFn as a side input; with
-    ``model_path`` a saved model is loaded once per DoFn instance.
+    ``model_path`` a saved model is loaded once per DoFn instance; with ``streaming`` (a
+    ``StreamingAnomalyConfig`` or its dict) rows are scored against per-key running statistics.
     """
 
     type_name = "AnomalyDetector"
 
-    def __init__(self, *, model_path: str | None = None, fit_sample_rows: int = DEFAULT_FIT_SAMPLE_ROWS,
-                 step: str | None = None, **options: Any) -> None:
+    def __init__(self, *, model_path: str | None = None, fit_sample_rows: int | None = None,
+                 streaming: StreamingAnomalyConfig | dict[str, Any] | None = None, step: str | None = None,
+                 **options: Any) -> None:
         super().__init__(step)
-        if fit_sample_rows < 1:
+        if fit_sample_rows is not None and fit_sample_rows < 1:
             raise AnomalyConfigError(f"fit_sample_rows must be >= 1, got {fit_sample_rows!r}")
+        if streaming is not None:
+            conflicts = [*(["model_path"] if model_path is not None else []),
+                         *(["fit_sample_rows"] if fit_sample_rows is not None else []), *sorted(options)]
+            if conflicts:
+                raise AnomalyConfigError(
+                    f"streaming: the streaming detector keeps per-key running statistics and takes its settings "
+                    f"inside streaming; remove {conflicts} or streaming")
         if model_path is not None and options:
             raise AnomalyConfigError(
                 f"model_path: a saved model carries its own settings; remove {sorted(options)} or model_path")
+        self.streaming = (streaming if streaming is None or isinstance(streaming, StreamingAnomalyConfig)
+                          else StreamingAnomalyConfig(**streaming))
         self.model_path = model_path
-        self.fit_sample_rows = int(fit_sample_rows)
-        self.config = None if model_path is not None else AnomalyConfig(max_fit_rows=self.fit_sample_rows, **options)
+        self.fit_sample_rows = int(fit_sample_rows if fit_sample_rows is not None else DEFAULT_FIT_SAMPLE_ROWS)
+        self.config = None if model_path is not None or self.streaming is not None else AnomalyConfig(
+            max_fit_rows=self.fit_sample_rows, **options)
 
     def display_data(self) -> dict[str, Any]:
+        if self.streaming is not None:
+            return StreamingAnomalyDetector(self.streaming).display_data()
         if self.config is None:
             return {"model_path": self.model_path}
         cfg = self.config
@@ -238,11 +256,18 @@ class AnomalyDetector(NamedStep):
 
     def expand(self, pcoll: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
         step = self.step_name()
+        if self.streaming is not None:
+            return pcoll | "Streaming" >> StreamingAnomalyDetector(self.streaming, step)
         if self.config is None:
             results = pcoll | "Score" >> beam.ParDo(
                 ScoreBatchesDoFn(step, self.model_path)).with_outputs(DLQ_TAG, main="output")
             return results.output, results[DLQ_TAG]
         config = self.config
+        if not pcoll.is_bounded:
+            raise AnomalyConfigError(
+                f"AnomalyDetector step {step!r}: fit mode fits once on a sample of the whole input, so it needs "
+                "bounded input; on a stream set streaming: {numeric_fields: [...], key_fields: [...]} (per-key "
+                "running statistics) or model_path (a saved model)")
         fit_input = pcoll
         if not isinstance(pcoll.windowing.windowfn, GlobalWindows):
             fit_input = pcoll | "FitWindow" >> beam.WindowInto(GlobalWindows())
@@ -262,7 +287,7 @@ class AnomalyDetector(NamedStep):
 
 
 class AnomalyDetectorConfig(registry.StrictConfig):
-    """Tag rows with an anomaly score, flag and reasons (fit once on a sample, or a saved model)."""
+    """Tag rows with an anomaly score, flag and reasons (fit once on a sample, a saved model, or streaming)."""
 
     detectors: list[Literal["zscore", "robust_z", "iqr", "isolation_forest", "pattern"]] = Field(
         default_factory=lambda: list(DETECTORS), min_length=1, description="Detectors in the ensemble.")
@@ -283,12 +308,16 @@ class AnomalyDetectorConfig(registry.StrictConfig):
     future_tolerance_s: float = Field(86400.0, ge=0, description="Dates further in the future are flagged.")
     model_path: str | None = Field(None, description="Load a saved AnomalyModel instead of fitting.")
     fit_sample_rows: int = Field(DEFAULT_FIT_SAMPLE_ROWS, ge=1, description="Rows sampled from the input to fit on.")
+    streaming: StreamingAnomalyConfig | None = Field(
+        None, description="Per-key running statistics instead of a fit (works on unbounded input); "
+                          "see docs/anomaly.md#streaming.")
 
     def kwargs(self) -> dict[str, Any]:
         options = {name: getattr(self, name) for name in FIT_OPTIONS if name in self.model_fields_set}
         if "detectors" in options:
             options["detectors"] = tuple(options["detectors"])
-        return {"model_path": self.model_path, "fit_sample_rows": self.fit_sample_rows, **options}
+        sample = self.fit_sample_rows if "fit_sample_rows" in self.model_fields_set else None
+        return {"model_path": self.model_path, "fit_sample_rows": sample, "streaming": self.streaming, **options}
 
     @model_validator(mode="after")
     def _check(self) -> AnomalyDetectorConfig:
@@ -296,11 +325,26 @@ class AnomalyDetectorConfig(registry.StrictConfig):
         return self
 
 
+def _streams(config: AnomalyDetectorConfig | None) -> bool:
+    """Correct on unbounded input: a saved model (per batch) or the streaming statistics (keyed state)."""
+    return config is not None and (config.model_path is not None or config.streaming is not None)
+
+
+def _regroups(config: AnomalyDetectorConfig | None) -> bool:
+    """The fit (a global combine) and the streaming statistics (keyed state) regroup records."""
+    return config is None or config.model_path is None
+
+
+def _requires(config: AnomalyDetectorConfig | None) -> frozenset[str]:
+    return frozenset({"state_and_timers"}) if config is not None and config.streaming is not None else frozenset()
+
+
 @registry.register("step", "AnomalyDetector", AnomalyDetectorConfig,
-                   streaming=lambda c: c.model_path is not None, regroups=lambda c: c.model_path is None)
+                   streaming=_streams, regroups=_regroups, requires=_requires)
 def build_anomaly_detector(config: AnomalyDetectorConfig, ctx: registry.BuildContext) -> AnomalyDetector:
     """Tag rows with anomaly_score, is_anomaly and anomaly_reasons (never filters)."""
     return AnomalyDetector(**config.kwargs(), step=ctx.step_name)
 
 
-__all__ = ["AnomalyDetector", "AnomalyDetectorConfig", "FitSampleCombineFn", "ScoreBatchesDoFn", "fit_model"]
+__all__ = ["AnomalyDetector", "AnomalyDetectorConfig", "FitSampleCombineFn", "ScoreBatchesDoFn",
+           "StreamingAnomalyConfig", "fit_model"]

@@ -167,6 +167,9 @@ def test_registered_with_config_dependent_streaming() -> None:
     saved = AnomalyDetectorConfig(model_path="/models/anomaly.joblib")
     assert not entry.supports_streaming(fit) and entry.regroups_records(fit)
     assert entry.supports_streaming(saved) and not entry.regroups_records(saved)
+    streaming = AnomalyDetectorConfig(streaming={"numeric_fields": ["amount"]})
+    assert entry.supports_streaming(streaming) and entry.regroups_records(streaming)
+    assert entry.features(streaming) == {"state_and_timers"} and entry.features(fit) == frozenset()
     step = entry.factory(fit, registry.BuildContext("anomaly", get_run_context()))
     assert isinstance(step, AnomalyDetector) and step.config.contamination == 0.02
 
@@ -181,6 +184,7 @@ def test_registered_with_config_dependent_streaming() -> None:
     ({"weights": {"pattern": 1.0}, "detectors": ["zscore"]}, "weights"),
     ({"model_path": "m.joblib", "contamination": 0.1}, "model_path"),
     ({"contamnation": 0.1}, "contamnation"),
+    ({"streaming": {"numeric_fields": ["amount"]}, "detectors": ["zscore"]}, "streaming"),
 ])
 def test_config_errors_name_the_field(values: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError, match=field):
