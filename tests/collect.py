@@ -30,3 +30,22 @@ def read_elements(directory: str) -> tuple[pa.Table | None, list]:
             with open(os.path.join(directory, f)) as fh:
                 others.append(json.load(fh))
     return (pa.concat_tables(tables, promote_options="permissive") if tables else None), others
+
+
+def write_json_element(element, directory: str, ts=None) -> None:
+    """Stores one element as JSON (a batch as ``{"rows": [...]}``, plus ``"ts"`` seconds when given)."""
+    if isinstance(element, pa.RecordBatch):
+        element = {"rows": element.to_pylist()}
+        if ts is not None:
+            element["ts"] = ts.micros / 1e6
+    with open(os.path.join(directory, uuid.uuid4().hex + ".json"), "w") as f:
+        json.dump(element, f, default=str)
+
+
+def read_json_elements(directory: str) -> list:
+    """Every element ``write_json_element`` stored in ``directory``."""
+    out = []
+    for name in sorted(os.listdir(directory)):
+        with open(os.path.join(directory, name)) as f:
+            out.append(json.load(f))
+    return out

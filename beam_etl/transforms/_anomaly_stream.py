@@ -52,12 +52,12 @@ from apache_beam.utils.timestamp import Timestamp
 from pydantic import Field, field_validator, model_validator
 
 from beam_etl import registry
-from beam_etl.batch import batch_nbytes
 from beam_etl.ml._anomaly_stats import MAD_TO_STD, MEAN_AD_TO_STD, RunningStats
 from beam_etl.ml.anomaly import FLAG_FIELD, REASONS_FIELD, SCORE_FIELD
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG
 from beam_etl.ops.metrics import StepMetrics
+from beam_etl.transforms.base import StepDoFn
 from beam_etl.transforms.dedup import key_views
 from beam_etl.transforms.mapping import (
     as_array,
@@ -423,22 +423,16 @@ def _as_floats(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
     raise TypeError(f"type {t} is not numeric")
 
 
-class _KeyRowsFn(beam.DoFn):
+class _KeyRowsFn(StepDoFn):
     """Per batch: numeric fields as float64, times, key bytes; one slice per key, rows in order."""
 
     def __init__(self, settings: StreamSettings, step: str) -> None:
+        super().__init__(step)
         self._s = settings
-        self._step = step
-        self._ctx = get_run_context()
-
-    def setup(self) -> None:
-        self._metrics = StepMetrics(self._step)
 
     def process(self, batch: pa.RecordBatch, timestamp: Any = beam.DoFn.TimestampParam) -> Iterator[Any]:
-        m, s = self._metrics, self._s
-        m.batches_in.inc()
-        m.records_in.inc(batch.num_rows)
-        m.bytes_in.inc(batch_nbytes(batch))
+        s = self._s
+        self.count_input(batch)
         n = batch.num_rows
         if n == 0:
             return

@@ -76,7 +76,7 @@ from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.utils.timestamp import Timestamp
 
-from beam_etl.batch import ArrowBatchCoder, batch_nbytes
+from beam_etl.batch import ArrowBatchCoder
 from beam_etl.hashing import hash_columns
 from beam_etl.ml import _fuzzy_blocking as blk
 from beam_etl.ml import _fuzzy_scoring as sc
@@ -95,7 +95,7 @@ from beam_etl.ml.fuzzy import (
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG
 from beam_etl.ops.metrics import StepMetrics
-from beam_etl.transforms.base import classify_error, run_with_row_fallback
+from beam_etl.transforms.base import StepDoFn, classify_error, run_with_row_fallback
 from beam_etl.transforms.mapping import missing_message, rows_to_dead_letters
 from beam_etl.transforms.stream_dedup import _CoalesceFn, _drop_row_offset, _out, _read, _write, event_micros
 
@@ -287,22 +287,16 @@ def split_by_key(batch: pa.RecordBatch) -> list[tuple[str, pa.RecordBatch]]:
     return [(keys[int(codes[a])], rows.slice(a, b - a)) for a, b in zip(starts, stops, strict=True)]
 
 
-class _KeyRowsFn(beam.DoFn):
+class _KeyRowsFn(StepDoFn):
     """Per batch: event times, block keys and compared values; one sub-batch per key."""
 
     def __init__(self, plan: _Plan, step: str) -> None:
+        super().__init__(step)
         self._plan = plan
-        self._step = step
-        self._ctx = get_run_context()
-
-    def setup(self) -> None:
-        self._metrics = StepMetrics(self._step)
 
     def process(self, batch: pa.RecordBatch, timestamp: Any = beam.DoFn.TimestampParam) -> Iterator[Any]:
         m = self._metrics
-        m.batches_in.inc()
-        m.records_in.inc(batch.num_rows)
-        m.bytes_in.inc(batch_nbytes(batch))
+        self.count_input(batch)
         if batch.num_rows == 0:
             return
         timed = yield from self._with_times(batch, timestamp)

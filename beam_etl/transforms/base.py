@@ -139,22 +139,33 @@ def run_with_row_fallback(
     return result
 
 
-class BatchFnDoFn(beam.DoFn):
-    """Applies a batch function, counting records and routing failures to the DLQ."""
+class StepDoFn(beam.DoFn):
+    """A DoFn of one step: its name, the run context, and its ``StepMetrics`` (made in ``setup``)."""
 
-    def __init__(self, fn: BatchFn, step: str, row_fallback: bool = True) -> None:
-        self._fn = fn
+    def __init__(self, step: str) -> None:
         self._step = step
-        self._row_fallback = row_fallback
         self._ctx = get_run_context()
 
     def setup(self) -> None:
         self._metrics = StepMetrics(self._step)
 
-    def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
+    def count_input(self, batch: pa.RecordBatch) -> None:
+        """Counts one input batch: batches, records and bytes in."""
         self._metrics.batches_in.inc()
         self._metrics.records_in.inc(batch.num_rows)
         self._metrics.bytes_in.inc(batch_nbytes(batch))
+
+
+class BatchFnDoFn(StepDoFn):
+    """Applies a batch function, counting records and routing failures to the DLQ."""
+
+    def __init__(self, fn: BatchFn, step: str, row_fallback: bool = True) -> None:
+        super().__init__(step)
+        self._fn = fn
+        self._row_fallback = row_fallback
+
+    def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
+        self.count_input(batch)
         result = run_with_row_fallback(self._fn, batch, self._step, self._ctx, self._row_fallback)
         if result.filtered:
             self._metrics.records_filtered.inc(result.filtered)

@@ -7,9 +7,10 @@ How it runs (first increment)::
 
 All batches are gathered into one list in the global window, put in a stable order (source,
 then first row, when the batches carry that metadata; else a canonical order: rows sorted by
-their flat columns) and concatenated into one Arrow table. ``beam_etl.ml.fuzzy.find_duplicates`` then runs **once** over the whole
-table: exact pass on ``exact_fields``, candidate pairs from blocking keys and a sorted
-neighbourhood, pair scoring, EM (or a threshold), connected components, merge by strategy.
+their flat columns) and concatenated into one Arrow table.
+``beam_etl.ml.fuzzy.find_duplicates`` then runs **once** over the whole table: exact pass on
+``exact_fields``, candidate pairs from blocking keys and a sorted neighbourhood, pair
+scoring, EM (or a threshold), connected components, merge by strategy.
 
 Output: the kept rows (every row for ``tag_only``) with two columns appended, ``cluster_id``
 (the position of the cluster's first row in the gathered, ordered input) and

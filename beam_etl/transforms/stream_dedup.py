@@ -46,11 +46,10 @@ from apache_beam.utils.windowed_value import WindowedValue
 from pydantic import Field, field_validator, model_validator
 
 from beam_etl import registry
-from beam_etl.batch import DEFAULT_BATCH_ROWS, ArrowBatchCoder, batch_nbytes
-from beam_etl.ops.context import get_run_context
+from beam_etl.batch import DEFAULT_BATCH_ROWS, ArrowBatchCoder
 from beam_etl.ops.dlq import DLQ_TAG
 from beam_etl.ops.metrics import StepMetrics
-from beam_etl.transforms.base import FIRST_ROW_KEY, run_with_row_fallback
+from beam_etl.transforms.base import FIRST_ROW_KEY, StepDoFn, run_with_row_fallback
 from beam_etl.transforms.dedup import emit_table, key_views, keyed_rows
 from beam_etl.transforms.mapping import (
     as_array,
@@ -274,16 +273,12 @@ def reduce_and_split(batch: pa.RecordBatch, keep: str) -> tuple[list[tuple[bytes
 # ---------------------------------------------------------------------------------------------
 
 
-class _KeyRowsFn(beam.DoFn):
+class _KeyRowsFn(StepDoFn):
     """Per batch: key bytes and event time per row, in-batch repeats dropped, one slice per key."""
 
     def __init__(self, settings: _Settings, step: str) -> None:
+        super().__init__(step)
         self._s = settings
-        self._step = step
-        self._ctx = get_run_context()
-
-    def setup(self) -> None:
-        self._metrics = StepMetrics(self._step)
 
     def _with_keys(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         s = self._s
@@ -293,9 +288,7 @@ class _KeyRowsFn(beam.DoFn):
 
     def process(self, batch: pa.RecordBatch, timestamp: Any = beam.DoFn.TimestampParam) -> Iterator[Any]:
         m = self._metrics
-        m.batches_in.inc()
-        m.records_in.inc(batch.num_rows)
-        m.bytes_in.inc(batch_nbytes(batch))
+        self.count_input(batch)
         if batch.num_rows == 0:
             return
         missing = missing_fields(batch, self._s.needed)

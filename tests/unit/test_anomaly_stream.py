@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import uuid
 from typing import Any
 
 import apache_beam as beam
@@ -33,6 +31,7 @@ from beam_etl.transforms._anomaly_stream import (
 )
 from beam_etl.transforms.anomaly import AnomalyDetector, AnomalyDetectorConfig
 from beam_etl.transforms.base import tag_source
+from tests.collect import read_json_elements, write_json_element
 
 SECOND = 1_000_000
 A_SPIKE, B_EARLY, B_SPIKE = 150, 3, 230  # ids of the planted rows (see make_timed)
@@ -70,29 +69,14 @@ def stream_of(timed: list[tuple[pa.RecordBatch, float]]) -> TestStream:
     return stream.advance_watermark_to_infinity()
 
 
-def _write(element: Any, directory: str) -> None:
-    if isinstance(element, pa.RecordBatch):
-        element = {"rows": element.to_pylist()}
-    with open(os.path.join(directory, uuid.uuid4().hex + ".json"), "w") as f:
-        json.dump(element, f, default=str)
-
-
-def _read_all(directory: str) -> list[Any]:
-    out = []
-    for name in sorted(os.listdir(directory)):
-        with open(os.path.join(directory, name)) as f:
-            out.append(json.load(f))
-    return out
-
-
 class Outputs:
     """Rows (by id), dead letters and step metrics of one variant."""
 
     def __init__(self, root: str, label: str, result: Any) -> None:
-        elements = _read_all(os.path.join(root, label, "out"))
+        elements = read_json_elements(os.path.join(root, label, "out"))
         self.rows = {r["id"]: r for e in elements for r in e["rows"]}
         self.n_rows = sum(len(e["rows"]) for e in elements)
-        self.letters = _read_all(os.path.join(root, label, "dlq"))
+        self.letters = read_json_elements(os.path.join(root, label, "dlq"))
         self.metrics = summarise(result).get(label, {})
 
     def flagged(self) -> set[int]:
@@ -108,7 +92,7 @@ def _attach(source: beam.PCollection, root: str, variants: dict[str, dict]) -> N
         out, dlq = source | label >> AnomalyDetector(streaming=streaming, step=label)
         for name, pcoll in (("out", out), ("dlq", dlq)):
             os.makedirs(os.path.join(root, label, name))
-            pcoll | f"{label}_{name}" >> beam.Map(_write, os.path.join(root, label, name))
+            pcoll | f"{label}_{name}" >> beam.Map(write_json_element, os.path.join(root, label, name))
 
 
 def run_stream(timed: list[tuple[pa.RecordBatch, float]], variants: dict[str, dict], root: str,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import uuid
 from typing import Any
 
 import apache_beam as beam
@@ -21,6 +19,7 @@ from beam_etl.ops.metrics import summarise
 from beam_etl.runners.direct import BatchDirectRunner
 from beam_etl.transforms import _fuzzy_stream
 from beam_etl.transforms._fuzzy_stream import StreamingFuzzyDeduplicator
+from tests.collect import read_json_elements, write_json_element
 
 # ---------------------------------------------------------------------------------------------
 # Data: people arriving in four batches (element timestamps in seconds); blocked by city.
@@ -76,27 +75,12 @@ def timed_batches() -> list[tuple[pa.RecordBatch, float]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _save(element: Any, directory: str) -> None:
-    if isinstance(element, pa.RecordBatch):
-        element = {"rows": element.to_pylist()}
-    with open(os.path.join(directory, uuid.uuid4().hex + ".json"), "w") as f:
-        json.dump(element, f, default=str)
-
-
-def _load(directory: str) -> list[dict]:
-    out = []
-    for name in sorted(os.listdir(directory)):
-        with open(os.path.join(directory, name)) as f:
-            out.append(json.load(f))
-    return out
-
-
 class Outputs:
     """One variant's rows (by ``row``), dead letters and step metrics."""
 
     def __init__(self, root: str, label: str, result: Any) -> None:
-        self.rows = {r["row"]: r for e in _load(os.path.join(root, label, "out")) for r in e["rows"]}
-        self.letters = _load(os.path.join(root, label, "dlq"))
+        self.rows = {r["row"]: r for e in read_json_elements(os.path.join(root, label, "out")) for r in e["rows"]}
+        self.letters = read_json_elements(os.path.join(root, label, "dlq"))
         self.metrics = summarise(result).get(label, {})
 
     def ids(self) -> list[int]:
@@ -111,7 +95,7 @@ def _run(p: beam.Pipeline, source: beam.PCollection, variants: dict[str, dict], 
         out, dlq = source | label >> StreamingFuzzyDeduplicator(step=label, **kwargs)
         for name, pcoll in (("out", out), ("dlq", dlq)):
             os.makedirs(os.path.join(root, label, name))
-            pcoll | f"{label}_{name}" >> beam.Map(_save, os.path.join(root, label, name))
+            pcoll | f"{label}_{name}" >> beam.Map(write_json_element, os.path.join(root, label, name))
     result = p.run()
     result.wait_until_finish()
     return {label: Outputs(root, label, result) for label in variants}

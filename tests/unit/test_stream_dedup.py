@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,6 +23,7 @@ from beam_etl.ops.metrics import summarise
 from beam_etl.runners.direct import BatchDirectRunner
 from beam_etl.transforms import stream_dedup
 from beam_etl.transforms.stream_dedup import StreamingDeduplicate, StreamingDeduplicateConfig, key_bytes, parse_ttl
+from tests.collect import read_json_elements, write_json_element
 
 SECOND = 1_000_000
 
@@ -35,26 +34,16 @@ SECOND = 1_000_000
 
 
 def _write(element: Any, directory: str, ts: Any = beam.DoFn.TimestampParam) -> None:
-    if isinstance(element, pa.RecordBatch):
-        element = {"rows": element.to_pylist(), "ts": ts.micros / SECOND}
-    with open(os.path.join(directory, uuid.uuid4().hex + ".json"), "w") as f:
-        json.dump(element, f, default=str)
-
-
-def _read(directory: str) -> list[dict]:
-    out = []
-    for name in sorted(os.listdir(directory)):
-        with open(os.path.join(directory, name)) as f:
-            out.append(json.load(f))
-    return out
+    write_json_element(element, directory, ts)
 
 
 class Outputs:
     """What one StreamingDeduplicate produced: rows (each with ``_ts``), dead letters, metrics."""
 
     def __init__(self, root: str, label: str, result: Any) -> None:
-        self.rows = [{**r, "_ts": e["ts"]} for e in _read(os.path.join(root, label, "out")) for r in e["rows"]]
-        self.letters = _read(os.path.join(root, label, "dlq"))
+        elements = read_json_elements(os.path.join(root, label, "out"))
+        self.rows = [{**r, "_ts": e["ts"]} for e in elements for r in e["rows"]]
+        self.letters = read_json_elements(os.path.join(root, label, "dlq"))
         self.metrics = summarise(result).get(label, {})
 
     def ids(self, field: str = "row") -> list:
