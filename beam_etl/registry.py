@@ -31,6 +31,7 @@ _BUILTIN_MODULES = (
     "beam_etl.transforms.aggregate",
     "beam_etl.transforms.window",
     "beam_etl.transforms.anomaly",
+    "beam_etl.transforms.contract",
 )
 
 

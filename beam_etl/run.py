@@ -24,6 +24,7 @@ from beam_etl.ops import progress
 from beam_etl.ops.context import RunContext, new_run_id, use_run_context
 from beam_etl.ops.logging import configure as configure_logging
 from beam_etl.ops.metrics import COUNTERS, summarise
+from beam_etl.ops.schema_registry import commit_pending_schemas, describe_schema_change
 from beam_etl.ops.secrets import redact
 from beam_etl.ops.state import STATE_FILE_NAME, StateError, commit_pending, describe_change
 from beam_etl.runners import PreflightError, capability_table, preflight
@@ -78,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--list-runners", action="store_true",
                         help="print which features each runner supports and exit")
     parser.add_argument("--log-level", default="WARNING", help="Python log level for Beam's own logs")
+    parser.add_argument("--tuned", nargs="?", const="", default=None, metavar="FILE",
+                        help="apply the options `python -m beam_etl.tune` recommended (default file: "
+                             "<output-dir>/tuned/<template>.json); command-line options win (docs/tuning.md)")
+    parser.add_argument("--report", action="store_true",
+                        help="write <run_dir>/report.html: step counts, DLQ, quality, anomalies (docs/report.md)")
     return parser
 
 
@@ -258,15 +264,18 @@ def run_template(template: str, overrides: list[str] | None = None, beam_args: l
     totals = compute_totals(spec, steps)
     over_budget = check_budget(spec, totals)
     changes: list[dict[str, Any]] = []
+    schema_changes: list[dict[str, Any]] = []
     state_error = None
     if not over_budget:  # every sink committed: only now may incremental cursors move
         try:
             changes = commit_pending(run_dir, state, spec.name, run_id)
+            schema_changes = commit_pending_schemas(run_dir, state, spec.name, run_id)  # EnforceContract
         except (StateError, OSError, ValueError) as err:
             state_error = (f"the data is written but the incremental state could not be saved ({redact(str(err))}); "
                            "the next run reads the same rows again")
     summary.update(status="failed" if over_budget or state_error else "succeeded", seconds=round(seconds, 3),
-                   totals=totals, steps=steps, error=over_budget or state_error, state=changes)
+                   totals=totals, steps=steps, error=over_budget or state_error, state=changes,
+                   schemas=schema_changes)
     _write_summary(run_dir, summary)
     text = format_summary(spec, steps, totals, run, runner, seconds)
     if quiet:
@@ -275,6 +284,8 @@ def run_template(template: str, overrides: list[str] | None = None, beam_args: l
         print(text)
         for change in changes:
             print(f"incremental state saved: {describe_change(change)}")
+        for change in schema_changes:
+            print(f"schema registry: {describe_schema_change(change)}")
     if state_error:
         print(f"\nbeam_etl: RUN FAILED: {state_error}", file=sys.stderr)
         return EXIT_FAILED
@@ -300,9 +311,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_runners:
         print(capability_table())
         return EXIT_OK
-    return run_template(args.template, args.overrides, beam_args, output_dir=args.output_dir, run_id=args.run_id,
+    overrides = args.overrides
+    if args.tuned is not None:  # tuned options first; the command line wins
+        from beam_etl.tune import apply_tuned  # imported here: beam_etl.tune imports this module
+
+        try:
+            overrides, beam_args = apply_tuned(args.tuned, args.template, args.output_dir, overrides, beam_args)
+        except TemplateError as err:
+            print(f"beam_etl: {redact(str(err))}", file=sys.stderr)
+            return EXIT_CONFIG
+    run_id = args.run_id or new_run_id()
+    code = run_template(args.template, overrides, beam_args, output_dir=args.output_dir, run_id=run_id,
                         validate_only=args.validate, quiet=args.quiet, check_runner=not args.skip_preflight,
                         full_refresh=args.full_refresh, state_url=args.state)
+    if args.report and not args.validate:
+        from beam_etl.ops.report import report_after_run
+
+        report_after_run(Path(args.output_dir) / run_id)
+    return code
 
 
 if __name__ == "__main__":

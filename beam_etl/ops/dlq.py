@@ -17,7 +17,7 @@ from beam_etl.batch import json_safe
 from beam_etl.ops.context import RunContext, get_run_context
 
 DLQ_TAG = "dlq"
-ERROR_TYPES = ("parse", "validation", "type", "constraint", "transient_exhausted", "internal")
+ERROR_TYPES = ("parse", "validation", "type", "constraint", "contract", "transient_exhausted", "internal")
 ENVELOPE_KEYS = (
     "record", "error_type", "error", "exception", "step", "source",
     "attempt", "pipeline", "run_id", "failed_at",
