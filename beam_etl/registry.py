@@ -32,6 +32,7 @@ _BUILTIN_MODULES = (
     "beam_etl.transforms.window",
     "beam_etl.transforms.anomaly",
     "beam_etl.transforms.contract",
+    "beam_etl.transforms.schema",
 )
 
 
