@@ -120,41 +120,58 @@ class KMVSketch:
 
 @dataclasses.dataclass
 class ValueSample:
-    """A bounded sample of distinct values: those with the ``size`` smallest hashes (bottom-k).
+    """A bounded sample of distinct values with their row counts: the ``size`` smallest hashes (bottom-k).
 
     Deterministic and exactly mergeable: the sample of a merged profile equals the sample of
-    the whole input. It samples distinct values uniformly (not rows), which favours variety.
+    the whole input, counts included. ``rows()`` turns it back into a row-like sample (each value
+    repeated in proportion to its count), which is what the semantic detector expects: repeats
+    tell a category column from a column of names.
     """
 
     size: int = 1000
     hashes: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.uint64))
     values: list[str] = dataclasses.field(default_factory=list)
+    counts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
     def add(self, hashes: np.ndarray, text: pa.Array) -> ValueSample:
         """Folds in values (``text``, non-null) with their ``hashes``; returns self."""
         if not hashes.size:
             return self
-        uniq, first = np.unique(hashes, return_index=True)
-        uniq, first = uniq[: self.size], first[: self.size]
+        uniq, first, counts = np.unique(hashes, return_index=True, return_counts=True)
+        uniq, first, counts = uniq[: self.size], first[: self.size], counts[: self.size]
         if self.hashes.size >= self.size and uniq[0] > self.hashes[-1]:
             return self  # nothing here beats the current sample
         new_values = text.take(pa.array(first, type=pa.int64())).to_pylist()
-        self._combine(uniq, new_values)
+        self._combine(uniq, new_values, counts)
         return self
 
     def merge(self, other: ValueSample) -> ValueSample:
         """A new sample of both inputs."""
-        out = ValueSample(min(self.size, other.size), self.hashes, list(self.values))
-        out._combine(other.hashes, other.values)
+        out = ValueSample(min(self.size, other.size), self.hashes, list(self.values), self.counts)
+        out._combine(other.hashes, other.values, other.counts)
         return out
 
-    def _combine(self, hashes: np.ndarray, values: list[Any]) -> None:
+    def rows(self) -> list[str]:
+        """Up to ``size`` values drawn in proportion to their counts (evenly spaced over the cumulative
+        counts, so frequent values repeat), in a fixed pseudo-random order: a row-like sample."""
+        if not self.values:
+            return []
+        cumulative = np.cumsum(self.counts)
+        n = int(min(cumulative[-1], self.size))
+        picks = np.searchsorted(cumulative, np.linspace(0, cumulative[-1] - 1, n).astype(np.int64), side="right")
+        order = np.random.default_rng(0).permutation(n)
+        return [self.values[i] for i in picks[order].tolist()]
+
+    def _combine(self, hashes: np.ndarray, values: list[Any], counts: np.ndarray) -> None:
         all_hashes = np.concatenate([self.hashes, hashes])
         all_values = [*self.values, *values]
-        uniq, first = np.unique(all_hashes, return_index=True)
+        all_counts = np.concatenate([self.counts, np.asarray(counts, np.int64)])
+        uniq, first, inverse = np.unique(all_hashes, return_index=True, return_inverse=True)
+        summed = np.bincount(inverse.reshape(-1), weights=all_counts, minlength=len(uniq)).astype(np.int64)
         keep = first[: self.size]
         self.hashes = uniq[: self.size]
         self.values = [all_values[i] for i in keep]
+        self.counts = summed[: self.size]
 
 
 __all__ = ["KMVSketch", "ValueSample", "decode", "text_values", "value_hashes"]

@@ -19,7 +19,8 @@ number (``02139``) keeps a column off the numeric types: converting it would los
 **Statistics.** Null share; distinct values (exact up to ``distinct_sketch`` values, then a KMV
 estimate, ~1% error at the default 10,000); typed min/max of the values that fit the type
 (lexicographic for strings); string lengths in characters. A bottom-k sample of distinct values
-(``sample_size``) feeds the semantic type detector (``beam_etl.ml.semantic``, imported lazily).
+with their counts (``sample_size``), expanded back to a row-like sample, feeds the semantic type
+detector (``beam_etl.ml.semantic``, imported lazily).
 No Beam imports.
 """
 
@@ -181,7 +182,7 @@ class ColumnProfile:
             details.update(self._precision(lo, hi))
         semantic, semantic_conf, semantic_details = (None, None, {})
         if options.semantic and self.sample.values:
-            semantic, semantic_conf, semantic_details = _infer_semantic.detect(list(self.sample.values), self.name)
+            semantic, semantic_conf, semantic_details = _infer_semantic.detect(self.sample.rows(), self.name)
             if semantic_details:
                 details["semantic"] = semantic_details
         return FieldSchema(
