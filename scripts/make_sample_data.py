@@ -275,6 +275,17 @@ def near_variant(rng: random.Random, row: dict, keep_id: bool) -> tuple[dict, li
 
 def build(seed: int = SEED) -> tuple[str, dict]:
     """Returns the CSV text and the defect counts."""
+    text, counts, _ = _build(seed)
+    return text, counts
+
+
+def planted_outlier_ids(seed: int = SEED) -> set[str]:
+    """The ``order_id`` of each planted amount outlier (``N_OUTLIERS`` of them), e.g. as anomaly labels."""
+    return _build(seed)[2]
+
+
+def _build(seed: int) -> tuple[str, dict, set[str]]:
+    """The CSV text, the defect counts and the order ids of the planted amount outliers."""
     rng = random.Random(seed)
     customers = make_customers(rng)
     popularity = [1.0 / (rank + 1) ** 0.7 for rank in range(N_CUSTOMERS)]
@@ -424,7 +435,7 @@ def build(seed: int = SEED) -> tuple[str, dict]:
         **{f"date_{k}": date_counts[k] for k in DATE_FORMATS},
     }
     counts["_near_changes"] = dict(sorted(change_counts.items()))
-    return text, counts
+    return text, counts, {orders[i]["order_id"] for i in outlier_idx}
 
 
 DESCRIPTIONS = {

@@ -6,12 +6,37 @@ Detectors, each giving per-row scores in [0, 1] (higher = more anomalous):
   that 0.5 is the classic cut (|z| = 3, |robust z| = 3.5, 1.5 IQR beyond the quartiles);
 * ``isolation_forest``: scikit-learn's IsolationForest on the numeric fields (NaN imputed with
   the fit median); its paper score ``-score_samples`` is already in (0, 1];
+* ``mahalanobis``: robust (reweighted-MCD style, ridge-regularised) Mahalanobis distance over the
+  numeric fields, ``D / (D + cut)`` with 0.5 at the chi-squared 97.5 % cut (see ``_anomaly_cov``);
 * ``pattern``: rare categories, values off a text field's dominant shape or numeric type,
   impossible dates (see ``_anomaly_pattern``).
 
-The ensemble normalises each detector by its fit distribution (0.5 at the fit's ``norm_quantile``),
-combines with ``mean`` or ``max`` and weights (default 1; the forest 2 under ``mean``), and flags
-rows by ``contamination`` (threshold at the fit quantile) or an explicit ``threshold``.
+Ensemble (``combine="mean"``, the default), and why it is built this way:
+
+* Normalisation. Each detector's score is mapped by its own fit distribution to
+  ``max(tail, rank / 2)``: *rank* is the share of fit rows scoring strictly lower, *tail* a
+  logistic that is 0.5 at the fit's ``norm_quantile`` and tends to 1 beyond it (for the
+  d / (d + cut) detectors it reads the distance d / cut, not the bounded score). Below the fit
+  quantile the rank leads: detectors with different scales and tails stand on one footing in the
+  bulk, so none dominates the ordering of ordinary rows because its scores are spread wider (the
+  logistic alone saturated differently per detector). Above it the tail leads and keeps
+  magnitude: a row far beyond every fit row (an order 100x its category's usual amount) is not
+  capped at the level of the fit's 99th percentile, and a detector's 0.5 is still its fit quantile,
+  so an explicit ``threshold`` above 0.5 means what it did before.
+* Members and weights. Two multivariate numeric detectors that fail differently, weight 2 each:
+  the forest (splits one field at a time: good with skewed or heavy-tailed fields, blind to rows
+  whose values are each ordinary but jointly break a correlation) and the robust Mahalanobis
+  distance (sees correlation structure, resists masking by the anomalies it scores, but reads a
+  heavy tail as outlying). ``pattern`` (text and dates) weighs 1. The per-field statistical
+  detectors weigh 0 while a multivariate detector scores: each field's deviation is already part
+  of both multivariate scores, and three more votes for the same single-field evidence outweighed
+  the joint evidence (lower ROC-AUC on the benchmark sets with correlated fields, see
+  BENCHMARKS.md). They still explain flagged rows (``zscore:amount``) and count with weight 1 when
+  no multivariate detector runs or when ``weights`` names them.
+* Rows are flagged by ``contamination`` (threshold at the fit quantile of the ensemble score) or an
+  explicit ``threshold``. The resolved weights are stored with the fitted model.
+
+``combine="max"`` takes the weighted maximum of the normalised scores instead (weights default 1).
 
     model = AnomalyModel(AnomalyConfig(contamination=0.02)).fit(table)
     scores, is_anomaly, reasons = model.score(batch)
@@ -27,6 +52,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from beam_etl.ml._anomaly_cov import RobustCovariance
 from beam_etl.ml._anomaly_pattern import PatternDetector, is_temporal, is_text
 from beam_etl.ml._anomaly_stats import MAD_TO_STD, FieldStats, RunningStats
 
@@ -46,11 +72,16 @@ SCORE_FIELD = "anomaly_score"
 FLAG_FIELD = "is_anomaly"
 REASONS_FIELD = "anomaly_reasons"
 STAT_DETECTORS = ("zscore", "robust_z", "iqr")
-DETECTORS = (*STAT_DETECTORS, "isolation_forest", "pattern")
+MULTIVARIATE_DETECTORS = ("isolation_forest", "mahalanobis")
+DISTANCE_DETECTORS = (*STAT_DETECTORS, "mahalanobis")  # scores of the form d / (d + cut)
+DETECTORS = (*STAT_DETECTORS, *MULTIVARIATE_DETECTORS, "pattern")
 # The spread (in each detector's unit) at which a per-field score is 0.5: score = d / (d + cut).
 STAT_CUTS = {"zscore": 3.0, "robust_z": 3.5, "iqr": 1.5}
-# Ensemble weights where ``AnomalyConfig.weights`` names none: the forest is the only multivariate detector.
-DEFAULT_WEIGHTS = {"isolation_forest": 2.0}
+# Ensemble weights under ``mean`` where ``AnomalyConfig.weights`` names none (others 1). The per-field
+# statistical detectors get 0 while a multivariate detector scores (see the module docstring).
+DEFAULT_WEIGHTS = {"isolation_forest": 2.0, "mahalanobis": 2.0}
+LEGACY_WEIGHTS = {"isolation_forest": 2.0}  # models saved before the weights were stored with them
+MAX_KNOTS = 4097  # fit quantiles kept per detector for the rank part of the normalisation
 REASON_LEVEL = 0.5
 Batch = pa.RecordBatch | pa.Table
 
@@ -161,23 +192,61 @@ def _reduce(matrix: np.ndarray, how: str) -> np.ndarray:
 
 @dataclass
 class _Norm:
-    """Maps a detector's raw score to [0, 1] with 0.5 at the fit quantile: logistic in (s - median) / spread."""
+    """Maps a detector's raw score to [0, 1] by its fit distribution: ``max(tail, rank / 2)``.
+
+    ``rank`` is the share of fit rows scoring strictly lower; ``tail`` a logistic in (s - median) /
+    spread, 0.5 at the fit quantile. Below the fit quantile the rank part leads (0 to 0.5), above it
+    the tail (0.5 to 1), so 0.5 stays at the fit quantile and a cut above 0.5 means what it did with
+    the tail alone. With ``distance`` the tail reads a d / (d + cut) score as its distance d / cut.
+    Models saved without ``knots`` use the tail alone, as they were fitted."""
 
     median: float
     spread: float
+    knots: np.ndarray | None = None  # fit quantiles at levels 0, 1/m, ..., 1
+    distance: bool = False
 
     @classmethod
-    def fit(cls, raw: np.ndarray, quantile: float) -> _Norm:
-        median, high = np.quantile(raw, [0.5, quantile])
-        return cls(float(median), max(float(high - median), 1e-9))
+    def fit(cls, raw: np.ndarray, quantile: float, distance: bool = False) -> _Norm:
+        t = _odds(raw) if distance else raw
+        median, high = np.quantile(t, [0.5, quantile])
+        knots = np.quantile(raw, np.linspace(0.0, 1.0, min(raw.size, MAX_KNOTS)))
+        return cls(float(median), max(float(high - median), 1e-9), knots, distance)
+
+    def tail(self, raw: np.ndarray) -> np.ndarray:
+        x = ((_odds(raw) if self.distance else raw) - self.median) / self.spread
+        return 1.0 / (1.0 + np.exp(-3.0 * np.clip(x - 1.0, -200.0, 200.0)))
+
+    def rank(self, raw: np.ndarray) -> np.ndarray:
+        """Share of the fit scoring strictly below ``raw``, interpolated between the knots."""
+        knots, m = self.knots, len(self.knots) - 1
+        if m == 0:
+            return (raw > knots[0]).astype(np.float64)
+        j = np.searchsorted(knots, raw, side="left")
+        jc = np.clip(j, 1, m)
+        lo, hi = knots[jc - 1], knots[jc]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            frac = np.where(hi > lo, (raw - lo) / (hi - lo), 1.0)
+        u = (jc - 1 + np.clip(frac, 0.0, 1.0)) / m
+        return np.where(j == 0, 0.0, np.where(j > m, 1.0, u))
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
-        x = (raw - self.median) / self.spread
-        return 1.0 / (1.0 + np.exp(-3.0 * (x - 1.0)))
+        if self.knots is None:
+            return self.tail(raw)
+        return np.maximum(self.tail(raw), 0.5 * self.rank(raw))
+
+
+def _odds(score: np.ndarray) -> np.ndarray:
+    """d / cut from a d / (d + cut) score (1 maps to a large finite distance)."""
+    s = np.clip(score, 0.0, 1.0 - 1e-12)
+    return s / (1.0 - s)
 
 
 class AnomalyModel:
     """Fitted detectors plus the ensemble decision. Picklable: fit once, ship to workers."""
+
+    # class-level defaults: models pickled before these attributes existed load with them unset
+    cov: RobustCovariance | None = None
+    weights_: dict[str, float] | None = None
 
     def __init__(self, config: AnomalyConfig | None = None) -> None:
         self.config = config or AnomalyConfig()
@@ -187,8 +256,10 @@ class AnomalyModel:
         self.stats: list[FieldStats] = []
         self.fill: np.ndarray = np.zeros(0)
         self.forest: Any = None
+        self.cov = None
         self.pattern: PatternDetector | None = None
         self.norms: dict[str, _Norm] = {}
+        self.weights_ = None
         self.threshold_: float | None = None
 
     # ---- fitting -------------------------------------------------------------------------------
@@ -206,6 +277,8 @@ class AnomalyModel:
         self.fill = np.array([s.median for s in self.stats])
         if "isolation_forest" in self.active and self.numeric_fields:
             self._fit_forest(x)
+        if "mahalanobis" in self.active and self.numeric_fields:
+            self.cov = RobustCovariance.fit(self._impute(x))
         if "pattern" in self.active:
             self.pattern = PatternDetector(
                 min_freq=self.config.rare_min_freq,
@@ -218,7 +291,9 @@ class AnomalyModel:
                 f"detectors {list(self.active)} have nothing to score: numeric fields {self.numeric_fields}, "
                 f"text fields {self._text_fields}, date fields {self._date_fields}"
             )
-        self.norms = {name: _Norm.fit(r, self.config.norm_quantile) for name, r in raw.items()}
+        quantile = self.config.norm_quantile
+        self.norms = {name: _Norm.fit(r, quantile, distance=name in DISTANCE_DETECTORS) for name, r in raw.items()}
+        self.weights_ = self._resolve_weights(list(raw))
         fit_scores = self._combine(raw)
         self.threshold_ = (
             self.config.threshold
@@ -226,6 +301,15 @@ class AnomalyModel:
             else float(np.quantile(fit_scores, 1.0 - self.config.contamination))
         )
         return self
+
+    def _resolve_weights(self, scored: list[str]) -> dict[str, float]:
+        """Each scoring detector's ensemble weight: the configured one, else the default for ``combine``."""
+        defaults: dict[str, float] = {}
+        if self.config.combine == "mean":
+            defaults = dict(DEFAULT_WEIGHTS)
+            if any(name in scored for name in MULTIVARIATE_DETECTORS):
+                defaults.update({name: 0.0 for name in STAT_DETECTORS})
+        return {name: float(self.config.weights.get(name, defaults.get(name, 1.0))) for name in scored}
 
     def _sample(self, table: pa.Table) -> pa.Table:
         if table.num_rows <= self.config.max_fit_rows:
@@ -288,14 +372,19 @@ class AnomalyModel:
                 out[name] = _stat_scores(x, self.stats, name)
             elif name == "isolation_forest" and self.forest is not None:
                 out[name] = -self.forest.score_samples(self._impute(x))[:, None]
+            elif name == "mahalanobis" and self.cov is not None:
+                out[name] = self.cov.score(self._impute(x))[:, None]
             elif name == "pattern" and self.pattern is not None and self.pattern.labels:
                 out[name] = self.pattern.score(batch, now_s)
         return out
 
     def _combine(self, raw: dict[str, np.ndarray]) -> np.ndarray:
         normed = [self.norms[name](r) for name, r in raw.items()]
-        defaults = DEFAULT_WEIGHTS if self.config.combine == "mean" else {}
-        weights = np.array([self.config.weights.get(name, defaults.get(name, 1.0)) for name in raw])
+        resolved = self.weights_
+        if resolved is None:  # saved before weights were stored: the defaults it was fitted with
+            defaults = LEGACY_WEIGHTS if self.config.combine == "mean" else {}
+            resolved = {name: self.config.weights.get(name, defaults.get(name, 1.0)) for name in raw}
+        weights = np.array([resolved.get(name, 1.0) for name in raw])
         stacked = np.column_stack(normed)
         if self.config.combine == "max":
             return (stacked * (weights / max(weights.max(), 1e-12))).max(axis=1)
@@ -333,21 +422,22 @@ class AnomalyModel:
         if rows.size == 0:
             return reasons
         labels = {name: self._labels(name) for name in comps}
-        normed = {name: self.norms[name](r[rows]) for name, r in raw.items()}
-        blame = self._forest_blame(batch, rows) if "isolation_forest" in comps else None
+        # 0.5 = the detector's fit quantile (``norm_quantile``), the level at which it counts as a reason
+        tails = {name: self.norms[name].tail(r[rows]) for name, r in raw.items()}
+        blame = {name: self._blame(name, batch, rows) for name in comps if name in MULTIVARIATE_DETECTORS}
         for k, row in enumerate(rows):
             found: list[tuple[float, str]] = []
             for name, matrix in comps.items():
-                if name == "isolation_forest":
-                    if normed[name][k] >= REASON_LEVEL:
-                        found.append((normed[name][k], f"{name}:{blame[k]}"))
+                if name in blame:
+                    if tails[name][k] >= REASON_LEVEL:
+                        found.append((tails[name][k], f"{name}:{blame[name][k]}"))
                     continue
                 hits = np.flatnonzero(matrix[row] >= REASON_LEVEL)
                 found += [(matrix[row, j], labels[name][j]) for j in hits]
             if not found:
-                top = max(normed, key=lambda n: normed[n][k])
-                j = int(np.argmax(comps[top][row])) if top != "isolation_forest" else 0
-                found = [(0.0, f"{top}:{blame[k]}" if top == "isolation_forest" else labels[top][j])]
+                top = max(tails, key=lambda n: tails[n][k])
+                label = f"{top}:{blame[top][k]}" if top in blame else labels[top][int(np.argmax(comps[top][row]))]
+                found = [(0.0, label)]
             reasons[row] = [label for _, label in sorted(found, key=lambda t: -t[0])]
         return reasons
 
@@ -356,9 +446,15 @@ class AnomalyModel:
             return self.pattern.labels if self.pattern else []
         return [f"{name}:{f}" for f in self.numeric_fields]
 
-    def _forest_blame(self, batch: Batch, rows: np.ndarray) -> list[str]:
-        """The field furthest from its median (in robust z) for each row: the forest's likely reason."""
+    def _blame(self, name: str, batch: Batch, rows: np.ndarray) -> list[str]:
+        """The field a multivariate detector most likely flags each row for.
+
+        The forest: the field furthest from its median (in robust z). The Mahalanobis distance: the field
+        with the largest share of the squared distance (see ``RobustCovariance.blame``).
+        """
         x = numeric_matrix(batch.take(pa.array(rows)), self.numeric_fields)
+        if name == "mahalanobis" and self.cov is not None:
+            return [self.numeric_fields[i] for i in self.cov.blame(self._impute(x))]
         z = np.nan_to_num(_stat_scores(x, self.stats, "robust_z"), nan=0.0)
         return [self.numeric_fields[i] for i in np.argmax(z, axis=1)]
 

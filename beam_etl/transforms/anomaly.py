@@ -289,10 +289,12 @@ class AnomalyDetector(NamedStep):
 class AnomalyDetectorConfig(registry.StrictConfig):
     """Tag rows with an anomaly score, flag and reasons (fit once on a sample, a saved model, or streaming)."""
 
-    detectors: list[Literal["zscore", "robust_z", "iqr", "isolation_forest", "pattern"]] = Field(
+    detectors: list[Literal["zscore", "robust_z", "iqr", "isolation_forest", "mahalanobis", "pattern"]] = Field(
         default_factory=lambda: list(DETECTORS), min_length=1, description="Detectors in the ensemble.")
     weights: dict[str, float] = Field(
-        default_factory=dict, description="Ensemble weight per detector (default 1; isolation_forest 2 under mean).")
+        default_factory=dict,
+        description="Ensemble weight per detector (under mean: isolation_forest and mahalanobis 2, pattern 1; "
+                    "zscore/robust_z/iqr 0 while a multivariate detector runs, else 1).")
     combine: Literal["mean", "max"] = Field("mean", description="How detector scores combine.")
     field_combine: Literal["mean", "max"] = Field("max", description="How per-field statistical scores combine.")
     contamination: float = Field(0.05, gt=0, le=0.5, description="Expected anomaly share; sets the threshold.")

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import pickle
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from beam_etl.ml._anomaly_cov import RobustCovariance
 from beam_etl.ml._anomaly_pattern import shapes
 from beam_etl.ml.anomaly import (
     DETECTORS,
     FLAG_FIELD,
+    LEGACY_WEIGHTS,
     REASONS_FIELD,
     SCORE_FIELD,
     AnomalyConfig,
@@ -20,6 +25,7 @@ from beam_etl.ml.anomaly import (
     AnomalyModel,
     FieldStats,
     RunningStats,
+    _Norm,
 )
 
 N = 2000
@@ -71,7 +77,7 @@ def model(table: pa.Table) -> AnomalyModel:
 # ---- detectors ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("detector", ["zscore", "robust_z", "iqr", "isolation_forest"])
+@pytest.mark.parametrize("detector", ["zscore", "robust_z", "iqr", "isolation_forest", "mahalanobis"])
 def test_numeric_detectors_rank_planted_spike_above_bulk(model: AnomalyModel, table: pa.Table, detector: str) -> None:
     raw = model.detector_scores(table, now_s=NOW)[detector]
     assert raw.shape == (N,)
@@ -106,6 +112,7 @@ def test_reasons_name_field_and_detector(model: AnomalyModel, table: pa.Table) -
     assert flags[[SPIKE, CATEGORY, CODE, TEXT_NUM, DATE]].all()
     assert {"zscore:x", "robust_z:x", "iqr:x"} <= set(reasons[SPIKE])
     assert any(r.startswith("isolation_forest:x") for r in reasons[SPIKE])
+    assert "mahalanobis:x" in reasons[SPIKE]
     assert "rare_category:city" in reasons[CATEGORY]
     assert "pattern:code" in reasons[CODE]
     assert "type:amount" in reasons[TEXT_NUM]
@@ -144,7 +151,109 @@ def test_shape_compression() -> None:
     assert got == ["A-9", "Aa Aa", "a9a", None]
 
 
+def _correlated(n: int = 3000, seed: int = 3) -> tuple[pa.Table, np.ndarray]:
+    """Two fields with correlation 0.9 and a skewed third; rows 0-9 break the correlation (a=1.5, b=-1.5),
+    each value ordinary on its own."""
+    rng = np.random.default_rng(seed)
+    ab = rng.multivariate_normal([0.0, 0.0], [[1.0, 0.9], [0.9, 1.0]], size=n)
+    ab[:10] = [1.5, -1.5]
+    planted = np.zeros(n, dtype=bool)
+    planted[:10] = True
+    c = rng.lognormal(0.0, 0.5, size=n)
+    c[:10] = 1.0  # the median
+    return pa.table({"a": ab[:, 0], "b": ab[:, 1], "c": c}), planted
+
+
+def test_mahalanobis_sees_rows_that_break_a_correlation() -> None:
+    t, planted = _correlated()
+    m = AnomalyModel(AnomalyConfig(text_fields=[], date_fields=[])).fit(t)
+    raw = m.detector_scores(t)
+    assert raw["mahalanobis"][planted].min() > np.quantile(raw["mahalanobis"][~planted], 0.995)
+    assert raw["robust_z"][planted].max() < np.quantile(raw["robust_z"][~planted], 0.95)  # no single field is off
+    assert set(m.cov.columns) == {0, 1, 2}
+    _, flags, reasons = m.score(t)
+    assert flags[planted].all()
+    assert all(r[0] in ("mahalanobis:a", "mahalanobis:b") for r in np.array(reasons, dtype=object)[planted])
+
+
+def test_robust_covariance_resists_masking_and_degenerate_fields() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(1000, 3))
+    x[:100] = rng.normal(6.0, 0.3, size=(100, 3))  # a 10 % cluster that a classical covariance would absorb
+    x[:, 2] = np.where(np.arange(1000) % 10 == 0, 1.0, 0.0)  # 90 % one value: MAD 0, left out
+    cov = RobustCovariance.fit(x)
+    assert cov is not None and cov.columns.tolist() == [0, 1]
+    score = cov.score(x)
+    assert ((score >= 0) & (score < 1)).all()
+    assert score[:100].min() > score[100:].max()
+    assert np.median(cov.distances(x[100:])) == pytest.approx(1.39, abs=0.3)  # chi2(2) median in the bulk
+    assert RobustCovariance.fit(np.ones((50, 2))) is None
+    constant = AnomalyModel().fit(pa.table({"v": np.ones(50), "w": np.arange(50.0)}))
+    assert constant.cov is not None and constant.cov.columns.tolist() == [1]
+
+
+def test_rank_normalisation_ties_and_range() -> None:
+    raw = np.r_[np.zeros(980), np.linspace(0.2, 1.0, 20)]  # e.g. pattern: mostly 0
+    norm = _Norm.fit(raw, 0.99)
+    rank = norm.rank(np.array([0.0, 0.2, 1.0, 2.0, -1.0]))
+    np.testing.assert_allclose(rank, [0.0, 980 / 999, 1.0, 1.0, 0.0])  # share strictly below, levels i / (n - 1)
+    grid = np.linspace(-0.5, 1.5, 200)
+    assert (np.diff(norm(grid)) >= 0).all() and ((norm(grid) >= 0) & (norm(grid) <= 1)).all()
+    above = grid[norm.tail(grid) >= 0.5]  # above the fit quantile the tail alone decides: thresholds keep meaning
+    np.testing.assert_array_equal(norm(above), norm.tail(above))
+    below = np.array([0.0, 0.5])
+    np.testing.assert_allclose(norm(below), np.maximum(norm.tail(below), norm.rank(below) / 2))
+    big = _Norm.fit(np.random.default_rng(0).normal(size=50_000), 0.99)
+    assert len(big.knots) <= 4097
+    assert big.rank(np.array([0.0]))[0] == pytest.approx(0.5, abs=0.01)
+
+
+def test_distance_tail_reads_d_over_cut() -> None:
+    d = np.random.default_rng(1).exponential(1.0, size=5000)
+    raw = d / (d + 3.0)
+    norm = _Norm.fit(raw, 0.99, distance=True)
+    far, farther = np.array([30 / 33]), np.array([300 / 303])
+    assert norm.tail(far)[0] > 0.99 and norm.tail(farther)[0] > norm.tail(far)[0] - 1e-12
+    assert norm.tail(np.array([np.quantile(raw, 0.99)]))[0] == pytest.approx(0.5, abs=0.01)
+    assert np.isfinite(norm(np.array([1.0])))[0]
+
+
 # ---- ensemble and decision ---------------------------------------------------------------------
+
+
+def test_default_weights_resolved_and_stored(table: pa.Table) -> None:
+    m = AnomalyModel().fit(table, now_s=NOW)
+    assert m.weights_ == {
+        "zscore": 0.0, "robust_z": 0.0, "iqr": 0.0, "isolation_forest": 2.0, "mahalanobis": 2.0, "pattern": 1.0
+    }
+    only_stats = AnomalyModel(AnomalyConfig(detectors=("zscore", "iqr", "pattern"))).fit(table, now_s=NOW)
+    assert only_stats.weights_ == {"zscore": 1.0, "iqr": 1.0, "pattern": 1.0}
+    named = AnomalyModel(AnomalyConfig(weights={"robust_z": 0.5})).fit(table, now_s=NOW)
+    assert named.weights_["robust_z"] == 0.5
+    assert AnomalyModel(AnomalyConfig(combine="max")).fit(table, now_s=NOW).weights_["zscore"] == 1.0
+
+
+def test_model_saved_before_rank_norms_scores_as_fitted(table: pa.Table) -> None:
+    """A model pickled by the earlier version (no ``knots``, ``weights_`` or ``cov``) keeps its scoring."""
+    m = AnomalyModel(AnomalyConfig(detectors=("zscore", "robust_z", "iqr", "isolation_forest", "pattern")))
+    m.fit(table, now_s=NOW)
+    for attr in ("weights_", "cov"):
+        m.__dict__.pop(attr)
+    for norm in m.norms.values():
+        norm.__dict__.pop("knots")
+        norm.__dict__.pop("distance")
+    old = pickle.loads(pickle.dumps(m))
+    raw = old.detector_scores(table, now_s=NOW)
+    w = {name: LEGACY_WEIGHTS.get(name, 1.0) for name in raw}
+
+    def logistic(name: str, r: np.ndarray) -> np.ndarray:
+        x = (r - old.norms[name].median) / old.norms[name].spread
+        return 1.0 / (1.0 + np.exp(-3.0 * (x - 1.0)))
+
+    want = sum(w[name] * logistic(name, r) for name, r in raw.items()) / sum(w.values())
+    np.testing.assert_allclose(old.score(table, now_s=NOW)[0], want)
+
+
 
 
 @pytest.mark.parametrize("contamination", [0.02, 0.1])
@@ -207,6 +316,43 @@ def test_to_columns_appends_typed_columns(model: AnomalyModel, table: pa.Table) 
     assert isinstance(as_table, pa.Table) and as_table.num_rows == N
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quickstart_planted_outliers_rank_first() -> None:
+    """The bundled sample's 30 planted amount outliers, scored as templates/anomaly_tagging.yaml does."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from make_sample_data import planted_outlier_ids
+
+    planted = planted_outlier_ids()
+    assert len(planted) == 30
+    with open(ROOT / "beam_etl" / "data" / "customers_orders.csv", encoding="utf-8", newline="") as f:
+        lines = f.read().splitlines()
+    names = next(csv.reader(lines[:1]))
+    rows = []
+    for line in lines[1:]:
+        values = next(csv.reader([line]))
+        if len(values) != len(names):  # the pipeline sends these to the DLQ (parse): drop them
+            continue
+        row = dict(zip(names, values, strict=True))
+        try:  # and these (type)
+            amount = float(row["amount"]) if row["amount"].strip() else None
+            quantity = int(row["quantity"]) if row["quantity"].strip() else None
+        except ValueError:
+            continue
+        rows.append({**row, "amount": amount, "quantity": quantity})
+    text = ["email", "phone", "country", "category", "status"]
+    t = pa.table({"amount": [r["amount"] for r in rows], "quantity": [r["quantity"] for r in rows],
+                  **{c: [r[c] or None for r in rows] for c in text}})
+    labels = np.array([r["order_id"].strip().upper() in planted for r in rows])
+    cfg = AnomalyConfig(numeric_fields=["amount", "quantity"], text_fields=text, date_fields=[], contamination=0.02)
+    scores, flags, reasons = AnomalyModel(cfg).fit(t).score(t)
+    assert labels.sum() == 30
+    assert scores[labels].min() > np.quantile(scores[~labels], 0.995)
+    assert flags[labels].all()
+    assert all(any(r.endswith(":amount") for r in reasons[i]) for i in np.flatnonzero(labels))
+
+
 # ---- persistence -------------------------------------------------------------------------------
 
 
@@ -223,6 +369,22 @@ def test_joblib_save_load(model: AnomalyModel, table: pa.Table, tmp_path) -> Non
     path = tmp_path / "anomaly.joblib"
     model.save(path)
     np.testing.assert_array_equal(AnomalyModel.load(path).score(table, now_s=NOW)[0], model.score(table, now_s=NOW)[0])
+
+
+def test_default_model_save_load_keeps_mahalanobis_and_reasons(table: pa.Table, tmp_path) -> None:
+    model = AnomalyModel(AnomalyConfig(contamination=0.01)).fit(table, now_s=NOW)
+    path = tmp_path / "default.joblib"
+    model.save(path)
+    loaded = AnomalyModel.load(path)
+    assert loaded.cov is not None and loaded.weights_ == model.weights_
+    a, fa, ra = model.score(table, now_s=NOW)
+    b, fb, rb = loaded.score(table, now_s=NOW)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(fa, fb)
+    assert ra == rb
+    np.testing.assert_array_equal(
+        loaded.detector_scores(table, now_s=NOW)["mahalanobis"], model.detector_scores(table, now_s=NOW)["mahalanobis"]
+    )
 
 
 def test_fit_is_deterministic_and_samples(table: pa.Table) -> None:
