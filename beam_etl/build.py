@@ -18,7 +18,7 @@ from beam_etl import registry
 from beam_etl.ops import guarantees
 from beam_etl.ops.context import RunContext
 from beam_etl.ops.dlq import dead_letters_to_batch
-from beam_etl.spec import PipelineSpec, TemplateError
+from beam_etl.spec import PipelineSpec, TemplateError, contract_step_name
 
 DLQ_STEP = "__dlq__"
 
@@ -92,9 +92,25 @@ def describe_graph(spec: PipelineSpec) -> list[str]:
     for section, _, t in spec.transforms():
         arrow = f" <- {', '.join(t.inputs())}" if t.inputs() else ""
         routed = f"  [dead letters -> {t.name}.{t.error_handling.output}]" if t.error_handling else ""
+        if t.contract is not None:
+            lines.append(f"step   {contract_step_name(t.name)} (EnforceContract){arrow}  [sink contract]")
+            arrow = f" <- {contract_step_name(t.name)}"
         lines.append(f"{section[:-1]:6} {t.name} ({t.type}){arrow}{routed}")
     lines.append(f"dlq    {spec.dlq.type} <- dead letters of every other transform")
     return lines
+
+
+def _apply_contract(upstream: beam.PCollection, sink: str, configs: dict[str, BaseModel], run: RunContext,
+                    dead_letters: list[beam.PCollection], dlq_names: list[str]) -> beam.PCollection:
+    """Runs the sink's ``contract:`` (EnforceContract) on its input; its dead letters join the DLQ."""
+    name = contract_step_name(sink)
+    entry = registry.lookup("EnforceContract")
+    assert entry is not None
+    checked, dlq = _unpack(upstream | name >> entry.factory(configs[name], registry.BuildContext(name, run)), name)
+    if dlq is not None:
+        dead_letters.append(dlq)
+        dlq_names.append(name)
+    return checked
 
 
 def build_pipeline(
@@ -117,6 +133,8 @@ def build_pipeline(
             else:
                 inputs = [outputs[ref] for ref in t.inputs()]
                 upstream = inputs[0] if len(inputs) == 1 else inputs | f"{t.name}/Merge" >> beam.Flatten()
+                if t.contract is not None:  # the sink's contract: an EnforceContract step just before it
+                    upstream = _apply_contract(upstream, t.name, configs, run, dead_letters, dlq_names)
                 result = upstream | t.name >> transform
         except (ValueError, TypeError) as err:  # construction-time validation (paths, schemas, options)
             raise TemplateError(f"{section}[{index}] ({t.name}): {err}") from err

@@ -33,6 +33,7 @@ from beam_etl.spec import (
     PipelineSpec,
     TemplateError,
     build_spec,
+    contract_step_name,
     list_templates,
     load_document,
     resolve_template_path,
@@ -114,7 +115,11 @@ def _beam_args(spec: PipelineSpec, beam_args: list[str]) -> list[str]:
 
 
 def _step_types(spec: PipelineSpec) -> dict[str, tuple[str, str]]:
-    types = {t.name: (section, t.type) for section, _, t in spec.transforms()}
+    types: dict[str, tuple[str, str]] = {}
+    for section, _, t in spec.transforms():
+        if t.contract is not None:  # a sink's contract runs as a step just before it
+            types[contract_step_name(t.name)] = ("steps", "EnforceContract")
+        types[t.name] = (section, t.type)
     types[DLQ_STEP] = ("sinks", spec.dlq.type)
     return types
 

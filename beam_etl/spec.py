@@ -54,6 +54,7 @@ class TransformSpec(_Strict):
     input: str | list[str] | None = None
     config: dict[str, Any] = Field(default_factory=dict)
     error_handling: ErrorHandling | None = None
+    contract: dict[str, Any] | None = None
     description: str = ""
 
     def inputs(self) -> list[str]:
@@ -111,6 +112,11 @@ class PipelineSpec(_Strict):
         ]
 
 
+def contract_step_name(sink: str) -> str:
+    """Name of the EnforceContract step that a sink's ``contract:`` runs before the sink."""
+    return f"{sink}_contract"
+
+
 def check_graph(spec: PipelineSpec) -> None:
     """Checks names are unique and every input names an earlier transform."""
     known: dict[str, str] = {}
@@ -120,6 +126,11 @@ def check_graph(spec: PipelineSpec) -> None:
             raise ValueError(f"{where}.name: {t.name!r} is already used by {known[t.name]}; names must be unique")
         if section == "sources" and t.input is not None:
             raise ValueError(f"{where}.input: sources take no input (got {t.input!r})")
+        if t.contract is not None and section != "sinks":
+            raise ValueError(f"{where}.contract: only sinks take a contract; use an EnforceContract step here")
+        if t.contract is not None and contract_step_name(t.name) in known:
+            raise ValueError(f"{where}.contract: the contract runs as step {contract_step_name(t.name)!r}, a name "
+                             f"already used by {known[contract_step_name(t.name)]}")
         if section != "sources" and not t.inputs():
             raise ValueError(f"{where}.input: a {section[:-1]} needs an input; one of {sorted(known) or 'none yet'}")
         for ref in t.inputs():
@@ -172,6 +183,21 @@ def _unknown_key_hint(model: type[BaseModel], key: str) -> str:
     return f"; did you mean {hint[0]!r}?" if hint else f"; allowed: {sorted(model.model_fields)}"
 
 
+def _validate_sink_contract(t: TransformSpec, doc: dict[str, Any], loc: tuple[Any, ...],
+                            configs: dict[str, BaseModel], problems: list[str]) -> None:
+    """A sink's ``contract:`` is an EnforceContract config (table defaults to the sink's name)."""
+    entry = registry.lookup("EnforceContract")
+    assert entry is not None
+    try:
+        config = entry.config_model.model_validate(t.contract)
+    except ValidationError as err:
+        problems.append(_format_validation_error(err, doc, loc))
+        return
+    if getattr(config, "table", None) is None:
+        config = config.model_copy(update={"table": t.name})
+    configs[contract_step_name(t.name)] = config
+
+
 def validate_configs(spec: PipelineSpec, doc: dict[str, Any]) -> dict[str, BaseModel]:
     """Validates each transform's config with its registered model; returns them by name."""
     configs: dict[str, BaseModel] = {}
@@ -196,6 +222,8 @@ def validate_configs(spec: PipelineSpec, doc: dict[str, Any]) -> dict[str, BaseM
                 if e["type"] == "extra_forbidden":
                     text += _unknown_key_hint(entry.config_model, str(e["loc"][-1]))
             problems.append(text)
+        if t.contract is not None:
+            _validate_sink_contract(t, doc, (section, i, "contract"), configs, problems)
     dlq_entry = registry.lookup(spec.dlq.type)
     if dlq_entry is None or dlq_entry.kind != "sink":
         problems.append(f"dlq.type: {spec.dlq.type!r} is not a known sink")

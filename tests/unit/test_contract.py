@@ -359,3 +359,46 @@ def test_contract_orders_template(tmp_path):
     reg = SchemaRegistry(str(tmp_path / "beam_etl_state.sqlite"))
     assert reg.get("contract_orders", "orders").version == 1
     assert summary["schemas"][0]["created"] is True
+
+
+SINK_CONTRACT_TEMPLATE = """
+name: sink_contract
+sources:
+  - name: items
+    type: ReadFromCsv
+    config: {{path: "{csv}"}}
+sinks:
+  - name: items_out
+    type: WriteToParquet
+    input: items
+    contract: {contract}
+    config: {{path: "{{{{ run_dir }}}}/items", num_shards: 1}}
+"""
+
+
+def test_a_sink_contract_runs_before_the_sink_and_registers_under_the_sink_name(tmp_path):
+    csv = _write(tmp_path / "in.csv", ["id,qty,note", "1,2,a", "2,x,b", "3,4,c"])
+    contract = "{contract: {columns: discard_value, data_type: discard_row}, schema: {id: int, qty: int}}"
+    template = _write(tmp_path / "t.yaml", SINK_CONTRACT_TEMPLATE.format(csv=csv, contract=contract).splitlines())
+    code = run_template(str(template), [], ["--runner=DirectRunner"], output_dir=str(tmp_path / "out"), run_id="s1",
+                        quiet=True)
+    assert code == EXIT_OK
+    run_dir = tmp_path / "out" / "s1"
+    table = pq.read_table(next(run_dir.glob("items-*.parquet")))
+    assert table.column_names == ["id", "qty"] and sorted(table.column("id").to_pylist()) == [1, 3]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"]["items_out_contract"]["records_failed"] == 1 and summary["totals"]["dead_letters"] == 1
+    reg = SchemaRegistry(str(tmp_path / "out" / "beam_etl_state.sqlite"))
+    assert reg.get("sink_contract", "items_out").version == 1
+
+
+@pytest.mark.parametrize(("contract", "message"), [
+    ("{contract: melt}", "sinks[0] (items_out).contract"),
+    ("{schema: 42}", "sinks[0] (items_out).contract"),
+])
+def test_a_bad_sink_contract_is_a_config_error_naming_the_sink(tmp_path, capsys, contract, message):
+    csv = _write(tmp_path / "in.csv", ["id", "1"])
+    template = _write(tmp_path / "t.yaml", SINK_CONTRACT_TEMPLATE.format(csv=csv, contract=contract).splitlines())
+    code = run_template(str(template), [], ["--runner=DirectRunner"], output_dir=str(tmp_path / "out"), quiet=True)
+    assert code == EXIT_CONFIG
+    assert message in capsys.readouterr().err
