@@ -57,6 +57,8 @@ def load_model(path: str | None = None) -> Any:
             return model
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no progress bars in run output
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         if not os.path.isdir(path):
             raise EmbeddingModelError(f"embedding model folder {path!r} does not exist")
         try:
