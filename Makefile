@@ -53,6 +53,10 @@ bench-kafka: install runners  ## Kafka -> PostgreSQL: throughput and latency of 
 	PYTHON=$(PYTHON) bash scripts/services.sh up postgres kafka
 	$(PYTHON) benchmarks/bench_kafka.py --write-report
 
+.PHONY: bench-tuner
+bench-tuner: install  ## the AutoTuner's recommendation vs the defaults on the benchmark job at 1M rows; writes BENCHMARKS.md
+	$(PYTHON) benchmarks/bench_tuner.py --rows 1000000 --repeats $(BENCH_REPEATS) --write-report
+
 bench-quick: install  ## smoke-test the benchmark harness at 100k rows
 	$(PYTHON) benchmarks/run_benchmarks.py --quick
 
