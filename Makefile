@@ -57,6 +57,10 @@ bench-kafka: install runners  ## Kafka -> PostgreSQL: throughput and latency of 
 bench-tuner: install  ## the AutoTuner's recommendation vs the defaults on the benchmark job at 1M rows; writes BENCHMARKS.md
 	$(PYTHON) benchmarks/bench_tuner.py --rows 1000000 --repeats $(BENCH_REPEATS) --write-report
 
+.PHONY: bench-observability
+bench-observability: install runners  ## metrics endpoint overhead on the benchmark job (DirectRunner, Prism); writes BENCHMARKS.md
+	$(PYTHON) benchmarks/bench_observability.py --write-report
+
 bench-quick: install  ## smoke-test the benchmark harness at 100k rows
 	$(PYTHON) benchmarks/run_benchmarks.py --quick
 

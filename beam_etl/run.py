@@ -20,9 +20,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_etl import registry
 from beam_etl.build import DLQ_STEP, build_pipeline, describe_graph
-from beam_etl.ops import progress
+from beam_etl.ops import ledger as run_ledger
+from beam_etl.ops import progress, prometheus
 from beam_etl.ops.context import RunContext, new_run_id, use_run_context
+from beam_etl.ops.lineage import LineageRecorder, default_store_path
+from beam_etl.ops.logging import LOG_FORMATS, tap_dead_letters
 from beam_etl.ops.logging import configure as configure_logging
+from beam_etl.ops.logging import set_run as set_log_run
 from beam_etl.ops.metrics import COUNTERS, summarise
 from beam_etl.ops.schema_registry import commit_pending_schemas, describe_schema_change
 from beam_etl.ops.secrets import redact
@@ -80,11 +84,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--list-runners", action="store_true",
                         help="print which features each runner supports and exit")
     parser.add_argument("--log-level", default="WARNING", help="Python log level for Beam's own logs")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                        help="text, or json: one JSON object per line with run_id, pipeline, step, tenant "
+                             "(docs/observability.md)")
+    parser.add_argument("--tenant", default=None,
+                        help="tenant named on every log line and in the run ledger (default: $BEAM_ETL_TENANT)")
+    parser.add_argument("--log-payload-sample", type=int, default=0, metavar="N",
+                        help="log the records of up to N dead letters per step (default 0: records are never logged)")
     parser.add_argument("--tuned", nargs="?", const="", default=None, metavar="FILE",
                         help="apply the options `python -m beam_etl.tune` recommended (default file: "
                              "<output-dir>/tuned/<template>.json); command-line options win (docs/tuning.md)")
     parser.add_argument("--report", action="store_true",
                         help="write <run_dir>/report.html: step counts, DLQ, quality, anomalies (docs/report.md)")
+    parser.add_argument("--lineage-url", default=os.environ.get("OPENLINEAGE_URL"), metavar="URL",
+                        help="also POST OpenLineage events to URL/api/v1/lineage (default: $OPENLINEAGE_URL); "
+                             "they always go to <run_dir>/lineage.jsonl (docs/observability.md#lineage)")
+    prometheus.add_arguments(parser)  # --metrics-port, --metrics-host, --pushgateway (docs/observability.md)
     return parser
 
 
@@ -197,9 +212,11 @@ def _load(template: str, overrides: list[str], run: RunContext,
 def run_template(template: str, overrides: list[str] | None = None, beam_args: list[str] | None = None,
                  source_override: tuple[str, dict[str, Any]] | None = None, output_dir: str | None = None,
                  run_id: str | None = None, validate_only: bool = False, quiet: bool = False,
-                 check_runner: bool = True, full_refresh: bool = False, state_url: str | None = None) -> int:
+                 check_runner: bool = True, full_refresh: bool = False, state_url: str | None = None,
+                 metrics: prometheus.ExportOptions | None = None, lineage_url: str | None = None) -> int:
     """Loads, validates, preflights and runs a template; returns the process exit code."""
     run_id = run_id or new_run_id()
+    set_log_run(run_id, None)  # log lines name the run (ops/logging.py)
     root = Path(output_dir or os.environ.get("BEAM_ETL_OUTPUT_DIR", DEFAULT_OUTPUT_DIR))
     run_dir = (root / run_id).resolve()
     try:
@@ -212,6 +229,7 @@ def run_template(template: str, overrides: list[str] | None = None, beam_args: l
     state = state_url or spec.state.url or str(root.resolve() / STATE_FILE_NAME)
     run = RunContext(pipeline=spec.name, run_id=run_id, run_dir=str(run_dir), state_url=state,
                      full_refresh=full_refresh)
+    set_log_run(run_id, spec.name)
     args = _beam_args(spec, beam_args or [])
     report = None
     if check_runner:
@@ -239,30 +257,40 @@ def run_template(template: str, overrides: list[str] | None = None, beam_args: l
     summary: dict[str, Any] = {"pipeline": spec.name, "run_id": run_id, "template": str(path), "runner": runner,
                                "overrides": [redact(o) for o in overrides or []], "run_dir": str(run_dir),
                                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    run_ledger.start_run(summary, spec, path, state)  # ledger row "running" + cost meter (ops/ledger.py)
     with contextlib.ExitStack() as stack:
         try:
             service_args = stack.enter_context(runner_services(report.prism_binary if report else None))
+            exporter = stack.enter_context(prometheus.exporting(spec.name, run_id, runner, metrics, _step_types(spec)))
         except RuntimeError as err:  # a runner service that would not start
             print(f"beam_etl: {redact(str(err))}", file=sys.stderr)
+            run_ledger.abort_run(run_id, redact(str(err)))
             return EXIT_FAILED
         try:
             with use_run_context(run):
                 pipeline = beam.Pipeline(options=PipelineOptions(args + service_args))
                 build_pipeline(pipeline, spec, configs, run)
+                tap_dead_letters(pipeline, run_id, spec.name)  # --log-payload-sample N (ops/logging.py)
         except TemplateError as err:
             print(f"beam_etl: {redact(str(err))}", file=sys.stderr)
+            run_ledger.abort_run(run_id, redact(str(err)))
             return EXIT_CONFIG
         run_dir.mkdir(parents=True, exist_ok=True)
+        lineage = LineageRecorder.start(spec, configs, run_id=run_id, run_dir=run_dir, template=path, runner=runner,
+                                        beam_args=args, store=default_store_path(state, root), url=lineage_url)
         try:
             with use_run_context(run):
                 result = pipeline.run()
+                exporter.watch(result)  # the /metrics endpoint reads the running job from here on
                 result.wait_until_finish()
                 steps = summarise(result)  # while the job service still answers
+                summary["metrics"] = exporter.finish(result, run_dir)  # metrics.prom (+ Pushgateway)
         except Exception as err:  # noqa: BLE001 - any failure is reported, then the run exits non-zero
             seconds = time.perf_counter() - started
             message = redact(f"{type(err).__name__}: {err}")
             summary.update(status="failed", error=message, seconds=round(seconds, 3))
             _write_summary(run_dir, summary)
+            lineage.finish(summary)  # OpenLineage FAIL (ops/lineage.py)
             print(f"beam_etl: run {run_id} FAILED after {seconds:.1f} s: {message}", file=sys.stderr)
             return EXIT_FAILED
     seconds = time.perf_counter() - started
@@ -281,7 +309,9 @@ def run_template(template: str, overrides: list[str] | None = None, beam_args: l
     summary.update(status="failed" if over_budget or state_error else "succeeded", seconds=round(seconds, 3),
                    totals=totals, steps=steps, error=over_budget or state_error, state=changes,
                    schemas=schema_changes)
+    summary["outcome"] = "budget_exceeded" if over_budget else summary["status"]  # for the run ledger
     _write_summary(run_dir, summary)
+    lineage.finish(summary)  # OpenLineage COMPLETE or FAIL with row counts (ops/lineage.py)
     text = format_summary(spec, steps, totals, run, runner, seconds)
     if quiet:
         print(text.splitlines()[-3])
@@ -302,6 +332,7 @@ def run_template(template: str, overrides: list[str] | None = None, beam_args: l
 
 
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    run_ledger.finish_run(summary)  # adds "cost", records the outcome in the run ledger
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
 
@@ -309,7 +340,7 @@ def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m beam_etl.run``."""
     args, beam_args = _parser().parse_known_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format, args.tenant, args.log_payload_sample)
     if args.list_templates:
         print_templates()
         return EXIT_OK
@@ -328,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     run_id = args.run_id or new_run_id()
     code = run_template(args.template, overrides, beam_args, output_dir=args.output_dir, run_id=run_id,
                         validate_only=args.validate, quiet=args.quiet, check_runner=not args.skip_preflight,
-                        full_refresh=args.full_refresh, state_url=args.state)
+                        full_refresh=args.full_refresh, state_url=args.state,
+                        metrics=prometheus.ExportOptions.from_args(args), lineage_url=args.lineage_url)
     if args.report and not args.validate:
         from beam_etl.ops.report import report_after_run
 

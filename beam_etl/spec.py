@@ -358,7 +358,7 @@ def build_spec(
     doc: dict[str, Any], overrides: list[str] | None = None, run_vars: dict[str, Any] | None = None
 ) -> tuple[PipelineSpec, dict[str, BaseModel]]:
     """Applies overrides and variables, validates; returns the spec and per-transform configs."""
-    doc = yaml.safe_load(yaml.safe_dump(doc))  # deep copy
+    doc = yaml.safe_load(yaml.safe_dump(doc, sort_keys=False))  # deep copy, keys in template order
     for text in overrides or []:
         path, value = parse_override(text)
         apply_override(doc, path, value)

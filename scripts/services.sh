@@ -13,8 +13,8 @@
 #                                             added to a smaller one; uses confluent_kafka's AdminClient
 #
 # SERVICE: postgres | mariadb (alias mysql) | ferretdb (alias mongo, mongodb) | s3 (alias moto) |
-# kafka. No SERVICE means all five. Exit codes: 0 ok; 1 a service failed (it is named, with its log
-# tail); 2 bad usage; 3 `status`: a service is not running.
+# kafka | prometheus (alias prom). No SERVICE means all six. Exit codes: 0 ok; 1 a service failed (it
+# is named, with its log tail); 2 bad usage; 3 `status`: a service is not running.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,7 +24,7 @@ RUN_DIR="$SERVICES_DIR/run"
 BIN_DIR="$SERVICES_DIR/bin"
 PYTHON="${PYTHON:-python3}"
 WAIT_S="${BEAM_ETL_SERVICES_WAIT_S:-60}"
-ALL_SERVICES=(postgres mariadb ferretdb s3 kafka)
+ALL_SERVICES=(postgres mariadb ferretdb s3 kafka prometheus)
 
 # Connection settings. Other code reads the same variables (tests/services.py, `env` below);
 # these defaults are fixed, so change them only through the environment, and consistently.
@@ -57,6 +57,9 @@ KAFKA_VERSION="4.4.0"           # org.apache.kafka:kafka_2.13 from Maven Central
 KAFKA_CLUSTER_ID="YmVhbV9ldGxfa2Fma2FfMQ"  # fixed; base64url of the 16 bytes "beam_etl_kafka_1"
 KAFKA_HEAP="${BEAM_ETL_KAFKA_HEAP:--Xmx512m -Xms256m}"
 KAFKA_DATA="$SERVICES_DIR/kafka"
+PROM_PORT="${BEAM_ETL_PROMETHEUS_PORT:-59090}"
+METRICS_PORT="${BEAM_ETL_METRICS_PORT:-59108}"  # the --metrics-port of the beam_etl run Prometheus scrapes
+PROM_DATA="$SERVICES_DIR/prometheus"
 
 log() { echo "services.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -73,6 +76,7 @@ canonical() {  # canonical NAME -> prints the service name, or fails
     ferretdb|mongo|mongodb) echo ferretdb ;;
     s3|moto) echo s3 ;;
     kafka) echo kafka ;;
+    prometheus|prom) echo prometheus ;;
     *) return 1 ;;
   esac
 }
@@ -823,6 +827,76 @@ EOF
 }
 
 # ---------------------------------------------------------------------------------------------
+# Prometheus: the Debian package's binary (its systemd unit is left alone), run with our config:
+# it scrapes the beam_etl run that serves --metrics-port $METRICS_PORT every second
+
+PROM_BIN="/usr/bin/prometheus"
+PROM_CONFIG="$PROM_DATA/prometheus.yml"
+
+prom_ready() { curl -fsS -m 3 -o /dev/null "http://$HOST:$PROM_PORT/-/ready"; }
+
+prometheus_pid() { service_pid "$RUN_DIR/prometheus.pid" "$PROM_PORT" "--config.file=$PROM_CONFIG "; }
+
+prometheus_write_config() {  # rewritten on every `up`; returns 0 when the file changed
+  mkdir -p "$PROM_DATA/data"
+  local new="$PROM_CONFIG.new"
+  cat >"$new" <<EOF
+# written by scripts/services.sh; edits are overwritten on the next \`up\`
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 15s
+scrape_configs:
+  - job_name: beam_etl  # python -m beam_etl.run ... --metrics-port $METRICS_PORT
+    static_configs:
+      - targets: ["$HOST:$METRICS_PORT"]
+EOF
+  if cmp -s "$new" "$PROM_CONFIG"; then rm -f "$new"; return 1; fi
+  mv "$new" "$PROM_CONFIG"
+}
+
+up_prometheus() {
+  local log="$RUN_DIR/prometheus.log" changed=0 pid
+  command -v curl >/dev/null || apt_install curl
+  [ -x "$PROM_BIN" ] || apt_install prometheus
+  [ -x "$PROM_BIN" ] || die "prometheus: no $PROM_BIN after installing the prometheus package"
+  if prometheus_write_config; then changed=1; fi
+  pid="$(prometheus_pid)"
+  if [ -n "$pid" ] && prom_ready; then
+    if [ "$changed" = 1 ]; then
+      kill -HUP "$pid"
+      log "prometheus: reloaded its config (it scrapes $HOST:$METRICS_PORT now)"
+    fi
+    log "prometheus: already running on http://$HOST:$PROM_PORT"
+    return 0
+  fi
+  if [ -z "$pid" ]; then
+    if port_open "$PROM_PORT"; then
+      fail_service prometheus "port $PROM_PORT is taken by another process: $(ss -Hltnp "sport = :$PROM_PORT" 2>/dev/null)" "$log"
+    fi
+    log "prometheus: starting $("$PROM_BIN" --version 2>&1 | head -1 | cut -d' ' -f1-3) on http://$HOST:$PROM_PORT (data $PROM_DATA/data)"
+    pid="$(cd / && start_background "$log" "$PROM_BIN" --config.file="$PROM_CONFIG" \
+      --storage.tsdb.path="$PROM_DATA/data" --storage.tsdb.retention.time=2d \
+      --web.listen-address="$HOST:$PROM_PORT" --log.level=warn)"
+    echo "$pid" >"$RUN_DIR/prometheus.pid"
+  fi
+  local rc=0
+  wait_until "$WAIT_S" "$pid" prom_ready || rc=$?
+  [ "$rc" = 0 ] || fail_service prometheus "$([ "$rc" = 2 ] && echo "prometheus exited" \
+    || echo "not ready on http://$HOST:$PROM_PORT/-/ready within ${WAIT_S}s")" "$log"
+  log "prometheus: ready on http://$HOST:$PROM_PORT (job beam_etl scrapes $HOST:$METRICS_PORT/metrics every 1s)"
+}
+
+down_prometheus() {
+  local pid
+  pid="$(prometheus_pid)"
+  if [ -z "$pid" ]; then log "prometheus: not running"; rm -f "$RUN_DIR/prometheus.pid"; return 0; fi
+  log "prometheus: stopping (pid $pid)"
+  stop_pid prometheus "$pid"
+  rm -f "$RUN_DIR/prometheus.pid"
+}
+
+# ---------------------------------------------------------------------------------------------
 # commands
 
 endpoint() {
@@ -832,6 +906,7 @@ endpoint() {
     ferretdb) echo "mongodb://$HOST:$MONGO_PORT/" ;;
     s3) echo "http://$HOST:$S3_PORT" ;;
     kafka) echo "$HOST:$KAFKA_PORT (bootstrap; controller :$KAFKA_CONTROLLER_PORT)" ;;
+    prometheus) echo "http://$HOST:$PROM_PORT (scrapes $HOST:$METRICS_PORT/metrics)" ;;
   esac
 }
 
@@ -843,6 +918,7 @@ status_one() {  # prints one line; returns 0 when healthy
     ferretdb) port="$MONGO_PORT"; mongo_ping && healthy=0; pid="$(ferretdb_pid)" ;;
     s3) port="$S3_PORT"; s3_get 2>/dev/null && healthy=0; pid="$(moto_pid)" ;;
     kafka) port="$KAFKA_PORT"; kafka_ping && healthy=0; pid="$(kafka_pid)" ;;
+    prometheus) port="$PROM_PORT"; prom_ready 2>/dev/null && healthy=0; pid="$(prometheus_pid)" ;;
   esac
   local state=stopped
   if [ "$healthy" = 0 ]; then state=running
@@ -874,6 +950,8 @@ print_env() {
   q AWS_DEFAULT_REGION "$AWS_REGION_NAME"
   q AWS_REGION "$AWS_REGION_NAME"
   q BEAM_ETL_KAFKA_BOOTSTRAP "$HOST:$KAFKA_PORT"
+  q BEAM_ETL_PROMETHEUS_URL "http://$HOST:$PROM_PORT"
+  q BEAM_ETL_METRICS_PORT "$METRICS_PORT"
 }
 
 take_lock() {

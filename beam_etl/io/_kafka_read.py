@@ -322,6 +322,7 @@ class ReadPartitionFn(beam.DoFn):
                 if time.monotonic() > deadline:
                     tracker.defer_remainder()
                     break
+            self._report_progress(consumer, topic, partition, position, watermark)
         finally:
             self._cache.give_back(topic, partition, consumer, position)
         # Always register: Prism finalises every bundle of a stage that asks for finalisation, and the
@@ -333,6 +334,18 @@ class ReadPartitionFn(beam.DoFn):
             finalizer.register(lambda: committer.commit(topic, partition, next_offset))
         else:
             finalizer.register(_nothing_to_commit)
+
+    def _report_progress(self, consumer: Any, topic: str, partition: int, position: int, watermark: Any) -> None:
+        """Gauges at the end of a bundle: lag = the last fetched high watermark - ``position``; the watermark."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        try:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+        except KafkaException:
+            high = -1
+        mark = watermark.current_watermark()
+        self._metrics.partition_progress(topic, partition, high - position if high >= 0 else None,
+                                         mark.micros // 1000 if mark is not None and mark.micros > 0 else None)
 
     def _position(self, consumer: Any, topic: str, partition: int, fallback: int) -> int:
         from confluent_kafka import TopicPartition

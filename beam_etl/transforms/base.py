@@ -166,7 +166,8 @@ class BatchFnDoFn(StepDoFn):
 
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
         self.count_input(batch)
-        result = run_with_row_fallback(self._fn, batch, self._step, self._ctx, self._row_fallback)
+        with self._metrics.time_batch():
+            result = run_with_row_fallback(self._fn, batch, self._step, self._ctx, self._row_fallback)
         if result.filtered:
             self._metrics.records_filtered.inc(result.filtered)
         if result.dead_letters:

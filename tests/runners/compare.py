@@ -24,7 +24,8 @@ from typing import Any
 import pyarrow.parquet as pq
 
 RUN_SPECIFIC_KEYS = frozenset({"run_id", "failed_at"})
-SKIPPED_FILES = frozenset({"summary.json"})
+# run bookkeeping that differs by runner and time, not pipeline output
+SKIPPED_FILES = frozenset({"summary.json", "lineage.jsonl", "metrics.prom", "report.html"})
 _SHARD_RE = re.compile(r"-\d{5}-of-\d{5}")
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
