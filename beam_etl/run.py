@@ -257,13 +257,13 @@ def run_template(template: str, overrides: list[str] | None = None, beam_args: l
     summary: dict[str, Any] = {"pipeline": spec.name, "run_id": run_id, "template": str(path), "runner": runner,
                                "overrides": [redact(o) for o in overrides or []], "run_dir": str(run_dir),
                                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    run_ledger.start_run(summary, spec, path, state)  # ledger row "running" + cost meter (ops/ledger.py)
     with contextlib.ExitStack() as stack:
         try:
             service_args = stack.enter_context(runner_services(report.prism_binary if report else None))
             exporter = stack.enter_context(prometheus.exporting(spec.name, run_id, runner, metrics, _step_types(spec)))
         except RuntimeError as err:  # a runner service that would not start
             print(f"beam_etl: {redact(str(err))}", file=sys.stderr)
+            run_ledger.start_run(summary, spec, path, state)
             run_ledger.abort_run(run_id, redact(str(err)))
             return EXIT_FAILED
         try:
@@ -271,10 +271,10 @@ def run_template(template: str, overrides: list[str] | None = None, beam_args: l
                 pipeline = beam.Pipeline(options=PipelineOptions(args + service_args))
                 build_pipeline(pipeline, spec, configs, run)
                 tap_dead_letters(pipeline, run_id, spec.name)  # --log-payload-sample N (ops/logging.py)
-        except TemplateError as err:
+        except TemplateError as err:  # a config error found while building: no run, nothing written
             print(f"beam_etl: {redact(str(err))}", file=sys.stderr)
-            run_ledger.abort_run(run_id, redact(str(err)))
             return EXIT_CONFIG
+        run_ledger.start_run(summary, spec, path, state)  # ledger row "running" + cost meter (ops/ledger.py)
         run_dir.mkdir(parents=True, exist_ok=True)
         lineage = LineageRecorder.start(spec, configs, run_id=run_id, run_dir=run_dir, template=path, runner=runner,
                                         beam_args=args, store=default_store_path(state, root), url=lineage_url)

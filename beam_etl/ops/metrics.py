@@ -10,6 +10,7 @@ Kafka sources, the gauges ``kafka_lag/<topic>/<partition>`` and
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,19 +28,56 @@ KAFKA_LAG = "kafka_lag"  # gauge, name kafka_lag/<topic>/<partition>: high water
 KAFKA_WATERMARK = "kafka_watermark_ms"  # gauge, name kafka_watermark_ms/<topic>/<partition>: epoch ms
 
 
+_live_lock = threading.Lock()
+_live: dict[str, dict[str, int]] = {}
+
+
+def live_counts() -> dict[str, dict[str, int]]:
+    """What the steps running in this process have counted so far (attempted, not committed).
+
+    In-process runners (the DirectRunner) report Beam metrics only when the run ends; this tally
+    lets the Prometheus endpoint show progress meanwhile. Work done in other processes is absent.
+    """
+    with _live_lock:
+        return {step: dict(counts) for step, counts in _live.items()}
+
+
+def reset_live_counts() -> None:
+    """Forgets the tally (a new run starts in this process)."""
+    with _live_lock:
+        _live.clear()
+
+
+class _Counter:
+    """A Beam counter that also adds to this process's live tally."""
+
+    def __init__(self, namespace: str, step: str, name: str) -> None:
+        self._counter = Metrics.counter(namespace, name)
+        self._step, self._name = step, name
+
+    def inc(self, n: int = 1) -> None:
+        self._counter.inc(n)
+        with _live_lock:
+            per_step = _live.setdefault(self._step, dict.fromkeys(COUNTERS, 0))
+            per_step[self._name] = per_step.get(self._name, 0) + n
+
+    def dec(self, n: int = 1) -> None:
+        self.inc(-n)
+
+
 class StepMetrics:
     """The counters of one step; create inside a DoFn (``setup`` or ``__init__``)."""
 
     def __init__(self, step: str) -> None:
         namespace = NAMESPACE_PREFIX + step
-        self.records_in = Metrics.counter(namespace, "records_in")
-        self.records_out = Metrics.counter(namespace, "records_out")
-        self.records_filtered = Metrics.counter(namespace, "records_filtered")
+        self.records_in = _Counter(namespace, step, "records_in")
+        self.records_out = _Counter(namespace, step, "records_out")
+        self.records_filtered = _Counter(namespace, step, "records_filtered")
         # rows folded into an aggregate's groups: in = out + filtered + grouped + failed
-        self.records_grouped = Metrics.counter(namespace, "records_grouped")
-        self.records_failed = Metrics.counter(namespace, "records_failed")
-        self.batches_in = Metrics.counter(namespace, "batches_in")
-        self.bytes_in = Metrics.counter(namespace, "bytes_in")
+        self.records_grouped = _Counter(namespace, step, "records_grouped")
+        self.records_failed = _Counter(namespace, step, "records_failed")
+        self.batches_in = _Counter(namespace, step, "batches_in")
+        self.bytes_in = _Counter(namespace, step, "bytes_in")
         self.batch_latency = Metrics.distribution(namespace, LATENCY)
         self._namespace = namespace
 

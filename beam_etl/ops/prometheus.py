@@ -38,7 +38,15 @@ from typing import Any
 
 from apache_beam.metrics.metric import MetricsFilter
 
-from beam_etl.ops.metrics import COUNTERS, KAFKA_LAG, KAFKA_WATERMARK, LATENCY, NAMESPACE_PREFIX
+from beam_etl.ops.metrics import (
+    COUNTERS,
+    KAFKA_LAG,
+    KAFKA_WATERMARK,
+    LATENCY,
+    NAMESPACE_PREFIX,
+    live_counts,
+    reset_live_counts,
+)
 from beam_etl.ops.secrets import redact, register_secret
 
 _LOG = logging.getLogger(__name__)
@@ -341,6 +349,7 @@ class RunExporter:
         self.options = options or ExportOptions()
         self.endpoint: str | None = None
         self._started = time.monotonic()
+        reset_live_counts()  # a new run: the live tally starts from zero
         self._lock = threading.Lock()
         self._result: Any = None
         self._final: str | None = None
@@ -364,7 +373,7 @@ class RunExporter:
         if final is not None:
             return final
         if result is None:  # building, or an in-process runner whose run() returns only when done
-            return self._render(Snapshot())
+            return self._render(Snapshot(counters=live_counts()))  # this process's live tally (DirectRunner)
         try:
             text = self._render(collect(_fresh_metrics(result), live=True))
         except Exception as err:  # noqa: BLE001 - a scrape must not fail the run; serve the last good one

@@ -454,3 +454,22 @@ def test_grafana_dashboard_is_valid_and_queries_exported_metrics():
             assert target["datasource"]["uid"] == "${datasource}"
             names = set(re.findall(r"beam_etl_\w+", target["expr"]))
             assert names and names <= exported, (panel["title"], names - exported)
+
+
+def test_in_process_steps_show_live_counts_before_the_run_ends():
+    """DirectRunner reports Beam metrics only at the end; the endpoint serves this process's tally meanwhile."""
+    from beam_etl.ops.metrics import StepMetrics, live_counts
+    from beam_etl.ops.prometheus import RunExporter
+
+    exporter = RunExporter("p", "r1", "DirectRunner", steps=["clean"])  # a new run resets the tally
+    assert live_counts() == {}
+    metrics = StepMetrics("clean")
+    metrics.records_in.inc(120)
+    metrics.records_out.inc(100)
+    metrics.records_filtered.inc(20)
+    metrics.records_grouped.dec(0)
+    text = exporter.exposition()
+    assert re.search(r'beam_etl_records_in_total\{[^}]*step="clean"[^}]*\} 120\b', text), text
+    assert re.search(r'beam_etl_records_out_total\{[^}]*step="clean"[^}]*\} 100\b', text)
+    RunExporter("p", "r2", "DirectRunner")
+    assert live_counts() == {}
