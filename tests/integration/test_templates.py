@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sqlite3
 import subprocess
@@ -57,6 +58,47 @@ def test_template_runs_and_accounts_for_every_record(template, tmp_path):
     for letter in letters:
         assert set(ENVELOPE_KEYS) <= set(letter), letter
         assert letter["run_id"] == f"e2e-{template}" and letter["pipeline"] == summary["pipeline"]
+    _check_lineage(run_dir)
+
+
+def _written_columns(namespace: str, name: str) -> list[str] | None:
+    """Columns a sink actually wrote, for local Parquet/JSONL/CSV outputs and SQLite tables; else None."""
+    if namespace.startswith("sqlite://"):
+        with sqlite3.connect(namespace[len("sqlite://"):]) as db:
+            return [row[1] for row in db.execute(f'PRAGMA table_info("{name}")')] or None
+    if namespace != "file":
+        return None
+    files = sorted(Path(name).parent.glob(Path(name).name + "*")) if not Path(name).is_dir() else \
+        sorted(Path(name).glob("*"))
+    for path in files:
+        if path.suffix == ".parquet":
+            return pq.read_schema(path).names
+        if path.suffix == ".jsonl" and path.stat().st_size:
+            return list(json.loads(path.read_text().splitlines()[0]))
+        if path.suffix == ".csv" and path.stat().st_size:
+            return next(csv.reader([path.read_text().splitlines()[0]]))
+    return None
+
+
+def _check_lineage(run_dir: Path) -> None:
+    """The lineage derived from the template alone (START) names exactly the columns the sinks wrote,
+    and every column edge points at a column of an input dataset of the run."""
+    events = {e["eventType"]: e for e in map(json.loads, (run_dir / "lineage.jsonl").read_text().splitlines())}
+    start, complete = events["START"], events["COMPLETE"]
+    inputs = {(d["namespace"], d["name"]): {f["name"] for f in d.get("facets", {}).get("schema", {}).get("fields", [])}
+              for d in complete["inputs"]}
+    for dataset in start["outputs"]:
+        derived = [f["name"] for f in dataset.get("facets", {}).get("schema", {}).get("fields", [])]
+        written = _written_columns(dataset["namespace"], dataset["name"])
+        if written is None or not derived:
+            continue
+        assert sorted(derived) == sorted(written), (dataset["name"], derived, written)
+    for dataset in complete["outputs"]:
+        lineage = dataset.get("facets", {}).get("columnLineage", {}).get("fields", {})
+        for column, edges in lineage.items():
+            for edge in edges["inputFields"]:
+                known = inputs.get((edge["namespace"], edge["name"]))
+                assert known is None or not known or edge["field"] in known, (dataset["name"], column, edge)
 
 
 def test_quickstart_outputs(tmp_path):
