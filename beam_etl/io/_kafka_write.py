@@ -24,7 +24,7 @@ from beam_etl.batch import batch_nbytes, json_safe, row_as_record
 from beam_etl.io import _kafka_ledger as ledger
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, dead_letter
-from beam_etl.ops.metrics import StepMetrics
+from beam_etl.ops.metrics import StepMetrics, timed_process
 from beam_etl.ops.secrets import redact
 
 _LOG = logging.getLogger(__name__)
@@ -154,6 +154,7 @@ class WriteKafkaFn(beam.DoFn):
             self._producer.abort_transaction(self._opts.timeout_s)
             self._in_transaction = False
 
+    @timed_process
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
         if batch.num_rows == 0:
             return

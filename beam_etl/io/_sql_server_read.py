@@ -32,7 +32,7 @@ from beam_etl.io._sql_server import ServerDialect, SourceColumn, column_to_arrow
 from beam_etl.ops import progress
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, dead_letter
-from beam_etl.ops.metrics import NAMESPACE_PREFIX, StepMetrics
+from beam_etl.ops.metrics import NAMESPACE_PREFIX, StepMetrics, timed_process
 from beam_etl.ops.secrets import redact
 from beam_etl.ops.state import (
     CURSOR_TAG,
@@ -451,6 +451,7 @@ class _ReadServerPartitionDoFn(beam.DoFn):
                 backoff(opts.retry_backoff_s, attempt)
         raise AssertionError("unreachable")
 
+    @timed_process
     def process(self, task: ServerReadTask) -> Iterator[Any]:
         self._partitions.inc()
         with gc_paused():

@@ -27,7 +27,7 @@ from beam_etl.io._sql_server import ServerDialect
 from beam_etl.io._sql_server_read import backoff, connect
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, dead_letter
-from beam_etl.ops.metrics import StepMetrics
+from beam_etl.ops.metrics import StepMetrics, timed_process
 from beam_etl.ops.secrets import redact
 from beam_etl.transforms.base import batch_attempt
 
@@ -269,6 +269,7 @@ class _WriteServerDoFn(beam.DoFn):
         return f"{self._source}:" + ",".join(
             f"{k}={json_safe(lookup.get(self._dialect.name_key(k)))}" for k in self._opts.key)
 
+    @timed_process
     def process(self, batch: pa.RecordBatch, emptied: Any = None) -> Iterator[Any]:
         if batch.num_rows == 0:
             return

@@ -32,7 +32,7 @@ from beam_etl.io._file_common import cast_batch, cast_error_message, type_from_n
 from beam_etl.ops import progress
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, ERROR_TYPES, dead_letter, is_dead_letter
-from beam_etl.ops.metrics import NAMESPACE_PREFIX, StepMetrics
+from beam_etl.ops.metrics import NAMESPACE_PREFIX, StepMetrics, timed_process
 from beam_etl.transforms.base import tag_attempt, tag_source
 
 DLQ_SUFFIXES = (".jsonl", ".ndjson")  # what a folder scan picks up; name a .json file or glob it explicitly
@@ -178,6 +178,7 @@ class _ReadDlqFileDoFn(beam.DoFn):
         self._metrics = StepMetrics(self._step)
         self._skipped = Metrics.counter(NAMESPACE_PREFIX + self._step, "envelopes_skipped")
 
+    @timed_process
     def process(self, path: str) -> Iterator[Any]:
         pending: dict[int, list[tuple[int, dict[str, Any]]]] = {}
         for number, text, envelope, problem in read_envelopes(path):

@@ -50,7 +50,7 @@ from beam_etl.io._file_write import (
 from beam_etl.io._file_write import CsvFormat as CsvWriteFormat
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, dead_letter
-from beam_etl.ops.metrics import StepMetrics
+from beam_etl.ops.metrics import StepMetrics, timed_process
 from beam_etl.ops.progress import report_read
 from beam_etl.ops.secrets import redact_mapping
 from beam_etl.ops.state import IncrementalConfig, RecordPendingState, files_state, incremental_start
@@ -426,6 +426,7 @@ class _ReadDoFn(beam.DoFn):
             self._filesystems.ensure()
         self._metrics = StepMetrics(self._step)
 
+    @timed_process
     def process(self, item: common.WorkItem) -> Iterator[Any]:
         metrics = self._metrics
         for out in self._reader.read(item):
@@ -713,6 +714,7 @@ class _WriteBundleDoFn(beam.DoFn):
     def start_bundle(self) -> None:
         self._writer = ShardWriter(self._fmt, self._layout, self._partition_by, self._step, self._ctx)
 
+    @timed_process
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
         _count_in(self._metrics, batch)
         for letter in self._writer.add(batch):
@@ -767,6 +769,7 @@ class _WriteShardDoFn(_WriteBundleDoFn):
     def start_bundle(self) -> None:
         pass
 
+    @timed_process
     def process(self, element: tuple[int, Iterable[pa.RecordBatch]]) -> Iterator[Any]:  # type: ignore[override]
         shard, batches = element  # a GroupByKey iterable may be walked twice: schema first, then rows
         schema = shard_schema(self._fmt, batches)

@@ -38,7 +38,7 @@ from beam_etl.io import _mongo_client as mc
 from beam_etl.ops import progress
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, dead_letter
-from beam_etl.ops.metrics import StepMetrics
+from beam_etl.ops.metrics import StepMetrics, timed_process
 from beam_etl.ops.secrets import redact
 from beam_etl.ops.state import (
     CURSOR_TAG,
@@ -190,6 +190,7 @@ class _ReadMongoRangeDoFn(beam.DoFn):
             return coll.aggregate(stages, batchSize=min(o.batch_rows, 100_000))
         return coll.find(_range_query(o.filter, rng), o.projection, batch_size=min(o.batch_rows, 100_000))
 
+    @timed_process
     def process(self, rng: mc.ReadRange) -> Iterator[Any]:
         o = self._opts
         emitted = 0
@@ -421,6 +422,7 @@ class _WriteMongoDoFn(beam.DoFn):
     def _collection(self) -> Any:
         return self._client[self._opts.database][self._opts.collection]
 
+    @timed_process
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
         if batch.num_rows == 0:
             return

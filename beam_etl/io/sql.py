@@ -55,7 +55,7 @@ from beam_etl.io._sql_common import (
 from beam_etl.ops import progress
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, dead_letter
-from beam_etl.ops.metrics import StepMetrics
+from beam_etl.ops.metrics import StepMetrics, timed_process
 from beam_etl.ops.secrets import redact
 from beam_etl.ops.state import (
     CURSOR_TAG,
@@ -671,6 +671,7 @@ class _ReadSqliteRangeDoFn(beam.DoFn):
             self._conn.close()
             self._conn = None
 
+    @timed_process
     def process(self, task: _ReadTask) -> Iterator[Any]:
         if self._conn is None:
             self._conn = self._dialect.connect(self._opts.database, read_only=True)
@@ -911,6 +912,7 @@ class _WriteSqliteDoFn(beam.DoFn):
             self._conn = self._dialect.connect(self._opts.database, timeout_s=self._opts.busy_timeout_s)
         return self._conn
 
+    @timed_process
     def process(self, batch: pa.RecordBatch, emptied: Any = None) -> Iterator[Any]:
         if batch.num_rows == 0:
             return

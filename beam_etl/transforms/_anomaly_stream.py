@@ -56,7 +56,7 @@ from beam_etl.ml._anomaly_stats import MAD_TO_STD, MEAN_AD_TO_STD, RunningStats
 from beam_etl.ml.anomaly import FLAG_FIELD, REASONS_FIELD, SCORE_FIELD
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG
-from beam_etl.ops.metrics import StepMetrics
+from beam_etl.ops.metrics import StepMetrics, timed_process
 from beam_etl.transforms.base import StepDoFn
 from beam_etl.transforms.dedup import key_views
 from beam_etl.transforms.mapping import (
@@ -430,6 +430,7 @@ class _KeyRowsFn(StepDoFn):
         super().__init__(step)
         self._s = settings
 
+    @timed_process
     def process(self, batch: pa.RecordBatch, timestamp: Any = beam.DoFn.TimestampParam) -> Iterator[Any]:
         s = self._s
         self.count_input(batch)

@@ -94,7 +94,7 @@ from beam_etl.ml.fuzzy import (
 )
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG
-from beam_etl.ops.metrics import StepMetrics
+from beam_etl.ops.metrics import StepMetrics, timed_process
 from beam_etl.transforms.base import StepDoFn, classify_error, run_with_row_fallback
 from beam_etl.transforms.mapping import missing_message, rows_to_dead_letters
 from beam_etl.transforms.stream_dedup import _CoalesceFn, _drop_row_offset, _out, _read, _write, event_micros
@@ -294,6 +294,7 @@ class _KeyRowsFn(StepDoFn):
         super().__init__(step)
         self._plan = plan
 
+    @timed_process
     def process(self, batch: pa.RecordBatch, timestamp: Any = beam.DoFn.TimestampParam) -> Iterator[Any]:
         m = self._metrics
         self.count_input(batch)

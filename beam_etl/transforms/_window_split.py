@@ -29,7 +29,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 from beam_etl.batch import ArrowTableCoder, batch_nbytes, json_safe
 from beam_etl.hashing import hash_columns, partition_of
 from beam_etl.ops.dlq import DLQ_TAG
-from beam_etl.ops.metrics import StepMetrics
+from beam_etl.ops.metrics import StepMetrics, timed_process
 from beam_etl.transforms._agg_partials import concat_partials, finalize, merge_partials, partial_aggregate
 from beam_etl.transforms._window_plan import (
     EARLY,
@@ -68,6 +68,7 @@ class SplitFn(beam.DoFn):
     def setup(self) -> None:
         self._metrics = StepMetrics(self._plan.step)
 
+    @timed_process
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
         m = self._metrics
         if self._mode != "timestamped":  # there GroupByAggregate counts the rows it receives

@@ -46,7 +46,7 @@ from beam_etl import registry
 from beam_etl.batch import ArrowTableCoder, batch_nbytes, concat_to_batch, row_as_record
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, dead_letter
-from beam_etl.ops.metrics import StepMetrics
+from beam_etl.ops.metrics import StepMetrics, timed_process
 from beam_etl.transforms._agg_partials import (
     NUMERIC_OPS,
     OPS,
@@ -351,6 +351,7 @@ class _PartialFn(beam.DoFn):
             _LOG.warning("GroupByAggregate step %r: field %r is not in the batch (columns %s); its values count "
                          "as null", self._step, f, schema.names)
 
+    @timed_process
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
         m = self._metrics
         m.batches_in.inc()

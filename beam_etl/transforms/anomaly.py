@@ -41,7 +41,7 @@ from beam_etl.batch import batch_nbytes, row_as_record
 from beam_etl.ml.anomaly import DETECTORS, AnomalyConfig, AnomalyConfigError, AnomalyModel
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, dead_letter
-from beam_etl.ops.metrics import StepMetrics
+from beam_etl.ops.metrics import StepMetrics, timed_process
 from beam_etl.transforms._anomaly_stream import StreamingAnomalyConfig, StreamingAnomalyDetector
 from beam_etl.transforms.base import batch_attempt, batch_source
 from beam_etl.transforms.mapping import NamedStep
@@ -180,6 +180,7 @@ class ScoreBatchesDoFn(beam.DoFn):
                     f"AnomalyDetector step {self._step!r}: model_path {self._model_path!r} could not be loaded: "
                     f"{exc}") from exc
 
+    @timed_process
     def process(self, batch: pa.RecordBatch, model: AnomalyModel | None = None) -> Iterator[Any]:
         model = model if model is not None else self._model
         if self._unreported_loads:

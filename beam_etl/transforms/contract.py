@@ -48,7 +48,7 @@ from beam_etl import registry
 from beam_etl.batch import batch_nbytes
 from beam_etl.ops.context import RunContext, get_run_context
 from beam_etl.ops.dlq import DLQ_TAG
-from beam_etl.ops.metrics import StepMetrics
+from beam_etl.ops.metrics import StepMetrics, timed_process
 from beam_etl.ops.schema_registry import (
     SchemaRegistry,
     common_supertype,
@@ -314,6 +314,7 @@ class _EnforceFn(beam.DoFn):
     def start_bundle(self) -> None:
         self._sent: set[str] = set()
 
+    @timed_process
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
         self._metrics.batches_in.inc()
         self._metrics.records_in.inc(batch.num_rows)

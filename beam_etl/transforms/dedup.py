@@ -54,7 +54,7 @@ from beam_etl.batch import DEFAULT_BATCH_ROWS, batch_nbytes, concat_batches, con
 from beam_etl.hashing import hash_columns, json_strings, partition_of
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG
-from beam_etl.ops.metrics import StepMetrics
+from beam_etl.ops.metrics import StepMetrics, timed_process
 from beam_etl.transforms._agg_partials import coerce_numeric
 from beam_etl.transforms.base import FIRST_ROW_KEY, BatchResult, run_with_row_fallback
 
@@ -654,6 +654,7 @@ class _PrepareFn(beam.DoFn):
         self._pending_rows = 0
         self._in_flight: deque[Future] = deque()
 
+    @timed_process
     def process(self, batch: pa.RecordBatch, window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
         m = self._metrics
         m.batches_in.inc()

@@ -50,7 +50,7 @@ from beam_etl.ml.fuzzy import (
 )
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG
-from beam_etl.ops.metrics import StepMetrics
+from beam_etl.ops.metrics import StepMetrics, timed_process
 from beam_etl.transforms._fuzzy_stream import StreamingFuzzyDeduplicator
 from beam_etl.transforms.base import FIRST_ROW_KEY, SOURCE_KEY, run_with_row_fallback
 
@@ -131,6 +131,7 @@ class _MatchFn(beam.DoFn):
     def setup(self) -> None:
         self._metrics = StepMetrics(self._step)
 
+    @timed_process
     def process(self, batches: list[pa.RecordBatch]) -> Iterator[Any]:
         batches = [b for b in batches if b is not None and b.num_rows]
         if not batches:

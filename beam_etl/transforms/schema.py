@@ -47,7 +47,7 @@ from beam_etl.ml.schema_infer import (
 )
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG
-from beam_etl.ops.metrics import StepMetrics
+from beam_etl.ops.metrics import StepMetrics, timed_process
 from beam_etl.transforms.base import run_with_row_fallback
 
 EMIT_OPTIONS = ("schema", "fields")
@@ -89,6 +89,7 @@ class _ProfileDoFn(beam.DoFn):
         self._metrics = StepMetrics(self._step)
         self._rng = np.random.default_rng(self._seed)
 
+    @timed_process
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
         _count_in(self._metrics, batch)
         rows = batch
@@ -138,6 +139,7 @@ class _SampleRowsDoFn(beam.DoFn):
         self._metrics = StepMetrics(self._step)
         self._rng = np.random.default_rng(self._seed)
 
+    @timed_process
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
         _count_in(self._metrics, batch)
         self._metrics.records_grouped.inc(batch.num_rows)

@@ -48,7 +48,7 @@ from pydantic import Field, field_validator, model_validator
 from beam_etl import registry
 from beam_etl.batch import DEFAULT_BATCH_ROWS, ArrowBatchCoder
 from beam_etl.ops.dlq import DLQ_TAG
-from beam_etl.ops.metrics import StepMetrics
+from beam_etl.ops.metrics import StepMetrics, timed_process
 from beam_etl.transforms.base import FIRST_ROW_KEY, StepDoFn, run_with_row_fallback
 from beam_etl.transforms.dedup import emit_table, key_views, keyed_rows
 from beam_etl.transforms.mapping import (
@@ -286,6 +286,7 @@ class _KeyRowsFn(StepDoFn):
                           collapse_whitespace=s.collapse_whitespace)
         return batch.append_column(KEY_COL, key_bytes(views, batch.num_rows))
 
+    @timed_process
     def process(self, batch: pa.RecordBatch, timestamp: Any = beam.DoFn.TimestampParam) -> Iterator[Any]:
         m = self._metrics
         self.count_input(batch)

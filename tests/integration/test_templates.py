@@ -129,6 +129,9 @@ def test_quickstart_outputs(tmp_path):
     planted = table["amount"] / table.groupby("category")["amount"].transform("median") > 40
     assert planted.sum() == 30 and table.loc[planted, "is_anomaly"].all()
     assert table["is_anomaly"].sum() <= 0.03 * len(table)
+    # every step, connector and the DLQ sink report a processing-latency distribution
+    assert set(steps) <= set(summary["metrics"]["batch_latency_ms"]), set(steps) - set(
+        summary["metrics"]["batch_latency_ms"])
     letters = _dead_letters(run_dir)
     parse_errors = [x for x in letters if x["error_type"] == "parse"]
     type_errors = [x for x in letters if x["error_type"] == "type"]

@@ -224,8 +224,11 @@ def test_batch_latency_is_in_the_summary_and_the_exposition(batch_run):
     assert {"parse_dates", "required_fields", "quality"} <= set(latency)  # steps on BatchFnDoFn
     counts = by_step(families, "beam_etl_batch_latency_ms", "beam_etl_batch_latency_ms_count")
     sums = by_step(families, "beam_etl_batch_latency_ms", "beam_etl_batch_latency_ms_sum")
+    assert set(batch_run["summary"]["steps"]) <= set(latency)  # every step, source, sink and the DLQ sink
     for step, entry in latency.items():
-        assert counts[step] == entry["count"] == batch_run["summary"]["steps"][step]["batches_in"]
+        assert counts[step] == entry["count"] >= 1
+        if step in ("parse_dates", "required_fields", "quality"):  # one sample per batch on BatchFnDoFn
+            assert entry["count"] == batch_run["summary"]["steps"][step]["batches_in"]
         assert sums[step] == pytest.approx(entry["sum"]) and entry["min"] <= entry["mean"] <= entry["max"]
     assert batch_run["summary"]["metrics"]["file"] == "metrics.prom"
     assert batch_run["summary"]["metrics"]["endpoint"] == batch_run["url"]
