@@ -599,3 +599,86 @@ sinks:
     for event in events:
         check_event(event)
     assert lineage.LineageStore(tmp_path / "runs" / lineage.LINEAGE_FILE_NAME).runs()[0]["status"] == "FAIL"
+
+
+# Hand-written, from reading each template: output dataset (its name ends with the key) -> column -> the
+# (input column, subtype) pairs it derives from. Key columns only; the quickstart has its own test above.
+EXPECTED_COLUMNS: dict[str, dict[str, dict[str, set[tuple[str, str]]]]] = {
+    "csv_to_parquet": {"/data": {"order_id": {("order_id", "IDENTITY")}, "amount": {("amount", "IDENTITY")}}},
+    "csv_to_sqlite": {"/data.sqlite/orders": {"order_id": {("order_id", "IDENTITY")},
+                                              "amount": {("amount", "IDENTITY")}}},
+    "csv_to_postgres": {"warehouse.public.orders": {"order_id": {("order_id", "IDENTITY")},
+                                                    "amount": {("amount", "IDENTITY")}}},
+    "access_log_to_jsonl": {
+        "/requests": {"ip": {("ip", "IDENTITY")}, "ts": {("ts", "TRANSFORMATION")}},
+        "/status_counts": {"status": {("status", "IDENTITY")}, "path": {("path", "IDENTITY")}, "hits": set(),
+                           "bytes_total": {("bytes", "AGGREGATION")}}},
+    "dedup_customers": {"/customers": {
+        "customer_id": {("customer_id", "IDENTITY")}, "country": {("country", "IDENTITY")},
+        "cluster_id": {(f, "TRANSFORMATION") for f in ("name", "email", "phone", "city", "customer_id")}}},
+    "anomaly_tagging": {
+        "/orders_tagged": {"order_id": {("order_id", "IDENTITY")}, "amount": {("amount", "TRANSFORMATION")}},
+        "/quarantine": {"order_id": {("order_id", "IDENTITY")}}},
+    "contract_orders": {"/orders": {"amount": {("amount", "TRANSFORMATION")},
+                                    "order_id": {("order_id", "TRANSFORMATION")}}},
+    "infer_schema": {"/schema_fields": {"storage_type": {(f, "AGGREGATION") for f in HEADER}}},
+    "events_jsonl_to_parquet": {
+        "/events": {"day": {("ts", "TRANSFORMATION")}, "net_value": {("value", "TRANSFORMATION")},
+                    "event_id": {("event_id", "IDENTITY")}},
+        "/purchases": {"net_value": {("value", "TRANSFORMATION")}},
+        "/daily": {"day": {("ts", "TRANSFORMATION")}, "type": {("type", "IDENTITY")}, "events": set(),
+                   "value_sum": {("value", "AGGREGATION")}}},
+    "kafka_to_kafka": {"/clean": {"source_partition": {("kafka_partition", "IDENTITY")},
+                                  "source_offset": {("kafka_offset", "IDENTITY")}}},
+    "kafka_to_parquet": {"/events": {"date": {("kafka_timestamp", "TRANSFORMATION")},
+                                     "hour": {("kafka_timestamp", "TRANSFORMATION")}}},
+    "kafka_to_postgres": {"warehouse.public.page_minutes": {
+        "window_start": {("ts", "TRANSFORMATION")}, "page": {("page", "IDENTITY")}, "events": set(),
+        "revenue": {("amount", "AGGREGATION")}, "users": {("user", "AGGREGATION")}}},
+    "kafka_to_postgres_upsert": {"warehouse.public.orders": {"id": {("id", "IDENTITY")}}},
+    "mongodb_to_s3_parquet": {"/mongodb/orders": {"status": {("status", "IDENTITY")}}},
+    "mysql_to_postgres": {"warehouse.public.orders": {"id": {("id", "IDENTITY")},
+                                                      "updated_at": {("updated_at", "IDENTITY")}}},
+    "postgres_to_parquet": {"/export": {"id": {("id", "IDENTITY")}, "country": {("country", "IDENTITY")}}},
+    "s3_to_postgres": {"warehouse.public.orders": {"order_id": {("order_id", "IDENTITY")}}},
+}
+
+
+def test_every_template_has_a_hand_written_lineage_expectation():
+    assert set(EXPECTED_COLUMNS) | {"quickstart"} == {p.stem for p in list_templates()}
+
+
+@pytest.mark.parametrize("template", sorted(EXPECTED_COLUMNS))
+def test_template_column_lineage_matches_the_hand_written_expectation(template, tmp_path, template_env):
+    spec, configs = _spec(template, tmp_path)
+    found = lineage.derive_lineage(spec, configs)
+    inputs = {d.ref.name for d in found.inputs}
+    for suffix, columns in EXPECTED_COLUMNS[template].items():
+        (dataset,) = [d for d in found.outputs if d.ref.display.endswith(suffix)]
+        for column, expected in columns.items():
+            edges = {(i["field"], t["subtype"]) for i in dataset.columns[column] for t in i["transformations"]}
+            assert edges == expected, (template, suffix, column, edges)
+            assert all(i["name"] in inputs for i in dataset.columns[column])
+
+
+@pytest.mark.parametrize("template", sorted(EXPECTED_COLUMNS))
+def test_template_impact_reaches_the_expected_output_columns(template, tmp_path, template_env, capsys):
+    """Recorded in a store, each expected edge shows up in ``impact`` of its input column."""
+    spec, configs = _spec(template, tmp_path / "run")
+    store = tmp_path / "lineage.sqlite"
+    recorder = lineage.LineageRecorder.start(spec, configs, run_id=f"{template}-1", run_dir=tmp_path / "run",
+                                             template=resolve_template_path(template), runner="DirectRunner",
+                                             store=store)
+    recorder.finish(_fake_summary(spec))
+    found = lineage.derive_lineage(spec, configs)
+    for suffix, columns in EXPECTED_COLUMNS[template].items():
+        (dataset,) = [d for d in found.outputs if d.ref.display.endswith(suffix)]
+        for column in columns:
+            for edge in dataset.columns[column]:
+                source = next(d for d in found.inputs if d.ref.name == edge["name"])
+                capsys.readouterr()
+                assert lineage_cli(["impact", f"{source.ref.display}.{edge['field']}", "--store", str(store),
+                                    "--json"]) == 0
+                hits = json.loads(capsys.readouterr().out)["hits"]
+                assert (dataset.ref.display, column) in {(h["dataset"], h["field"]) for h in hits}, (
+                    template, source.ref.display, edge["field"], dataset.ref.display, column)
