@@ -27,6 +27,7 @@ from beam_etl.ops.lineage import LineageRecorder, default_store_path
 from beam_etl.ops.logging import LOG_FORMATS, tap_dead_letters
 from beam_etl.ops.logging import configure as configure_logging
 from beam_etl.ops.logging import set_run as set_log_run
+from beam_etl.ops.logging import settings as log_settings
 from beam_etl.ops.metrics import COUNTERS, summarise
 from beam_etl.ops.schema_registry import commit_pending_schemas, describe_schema_change
 from beam_etl.ops.secrets import redact
@@ -228,7 +229,7 @@ def run_template(template: str, overrides: list[str] | None = None, beam_args: l
         return EXIT_CONFIG
     state = state_url or spec.state.url or str(root.resolve() / STATE_FILE_NAME)
     run = RunContext(pipeline=spec.name, run_id=run_id, run_dir=str(run_dir), state_url=state,
-                     full_refresh=full_refresh)
+                     full_refresh=full_refresh, log_format=log_settings().fmt, tenant=log_settings().tenant)
     set_log_run(run_id, spec.name)
     args = _beam_args(spec, beam_args or [])
     report = None

@@ -24,6 +24,8 @@ class RunContext:
     run_dir: str = ""
     state_url: str = ""  # incremental-load state store (beam_etl.ops.state); "" = none
     full_refresh: bool = False  # sources ignore their saved cursors
+    log_format: str = "text"  # --log-format, for SDK workers outside the launcher process
+    tenant: str | None = None  # --tenant, named on worker log lines
 
 
 _ACTIVE: list[RunContext] = []

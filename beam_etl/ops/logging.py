@@ -267,6 +267,11 @@ def configure(beam_level: str, fmt: str = "text", tenant: str | None = None, pay
     logging.getLogger("apache_beam").setLevel(beam_level.upper())
 
 
+def install_worker_logging_for(ctx: Any) -> None:
+    """``install_worker_logging`` from a DoFn's pickled ``RunContext`` (a no-op in the launcher)."""
+    install_worker_logging(ctx.run_id, ctx.pipeline, getattr(ctx, "tenant", None), getattr(ctx, "log_format", "text"))
+
+
 def install_worker_logging(run_id: str, pipeline: str, tenant: str | None, fmt: str) -> None:
     """On an SDK worker that is not the launcher process: redaction and fixed correlation fields.
 

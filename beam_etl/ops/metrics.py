@@ -104,11 +104,20 @@ def timed_process(process: Callable[..., Any]) -> Callable[..., Any]:
 
     Only the time spent inside ``process`` counts: for a generator, the time of each step up to the
     next ``yield``, not the time downstream steps of the fused stage spend on what it yields. The
-    DoFn's ``StepMetrics`` must be ``self._metrics``; the signature Beam inspects is unchanged.
+    DoFn's ``StepMetrics`` must be ``self._metrics``; the signature Beam inspects is unchanged. On
+    its first call it also installs the correlation/redaction log filters from ``self._ctx`` (the
+    pickled ``RunContext``) on SDK workers outside the launcher process.
     """
 
     @functools.wraps(process)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(self, "_worker_logging", False):  # once per DoFn instance: log fields on remote workers
+            self._worker_logging = True
+            ctx = getattr(self, "_ctx", None)
+            if ctx is not None and hasattr(ctx, "run_id"):
+                from beam_etl.ops.logging import install_worker_logging_for  # here: logging imports Beam's worker
+
+                install_worker_logging_for(ctx)
         started = time.perf_counter_ns()
         result = process(self, *args, **kwargs)
         spent = time.perf_counter_ns() - started

@@ -17,6 +17,7 @@ import pyarrow as pa
 from beam_etl.batch import batch_nbytes, concat_batches, concat_to_batch, row_as_record
 from beam_etl.ops.context import RunContext, get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, dead_letter
+from beam_etl.ops.logging import install_worker_logging_for
 from beam_etl.ops.metrics import StepMetrics
 
 SOURCE_KEY = b"beam_etl.source"
@@ -148,6 +149,7 @@ class StepDoFn(beam.DoFn):
 
     def setup(self) -> None:
         self._metrics = StepMetrics(self._step)
+        install_worker_logging_for(self._ctx)  # run_id/pipeline/tenant on remote workers' log lines
 
     def count_input(self, batch: pa.RecordBatch) -> None:
         """Counts one input batch: batches, records and bytes in."""

@@ -117,3 +117,44 @@ def test_filters_format_and_redact_in_process():
     assert ops_logging.mask_secrets("postgresql://u:hunter2@h/db") == "postgresql://u:***@h/db"
     assert ops_logging.payload_text({"password": "p", "token": "t", "name": CANARY}) == \
         '{"password": "***", "token": "***", "name": "***"}'
+
+
+REMOTE_WORKER = r"""
+import io, logging, pickle, sys
+# A fresh process standing in for a remote SDK worker: one plain root handler (Beam's log shipper
+# there), none of the launcher's filters, and the DoFn arrives pickled.
+stream = io.StringIO()
+handler = logging.StreamHandler(stream)
+logging.getLogger().addHandler(handler)
+logging.getLogger().setLevel(logging.INFO)
+import pyarrow as pa
+dofn = pickle.loads(sys.stdin.buffer.read())
+dofn.setup()
+list(dofn.process(pa.record_batch({"x": [1, 2]})))
+sys.stdout.write(stream.getvalue())
+"""
+
+
+def log_inside(batch):
+    """A batch function that logs, as user code on a worker would."""
+    logging.getLogger("user.fn").warning("processing %d rows", batch.num_rows)
+    return batch
+
+
+def test_a_remote_worker_gets_the_run_fields_from_the_pickled_run_context():
+    import pickle
+
+    from beam_etl.ops.context import RunContext
+    from beam_etl.transforms.base import BatchFnDoFn
+
+    ctx = RunContext(pipeline="remote_demo", run_id="run-remote-1", log_format="json", tenant="acme")
+    from beam_etl.ops.context import use_run_context
+
+    with use_run_context(ctx):
+        dofn = BatchFnDoFn(log_inside, "step_a")
+    out = subprocess.run([sys.executable, "-c", REMOTE_WORKER], input=pickle.dumps(dofn), capture_output=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2]).stdout.decode()
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    (line,) = [x for x in lines if x["logger"] == "user.fn"]
+    assert line["message"] == "processing 2 rows"
+    assert (line["run_id"], line["pipeline"], line["tenant"]) == ("run-remote-1", "remote_demo", "acme")
