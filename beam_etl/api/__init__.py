@@ -1,1 +1,1 @@
-"""The control plane (REST API, dashboard): built by a later issue."""
+"""The control plane: the REST API (``python -m beam_etl.api``, ``app.create_app``); see docs/api.md."""

@@ -1,0 +1,115 @@
+"""The REST API (beam_etl/api/app.py) through FastAPI's TestClient, with real run subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from fastapi.testclient import TestClient
+
+from beam_etl.api.app import create_app
+
+RUN_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def output_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("api")
+
+
+@pytest.fixture(scope="module")
+def client(output_dir: Path) -> TestClient:
+    return TestClient(create_app(str(output_dir)))
+
+
+def _wait(client: TestClient, pipeline_id: str, timeout: float = RUN_TIMEOUT_S) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = client.get(f"/pipelines/{pipeline_id}/status").json()
+        if status["status"] not in ("starting", "running") or time.monotonic() > deadline:
+            return status
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def finished(client: TestClient, output_dir: Path) -> dict[str, Any]:
+    """The quickstart registered, started and run to the end once for the module."""
+    created = client.post("/pipelines", json={"name": "qs", "template": "quickstart"})
+    assert created.status_code == 201, created.text
+    pipeline_id = created.json()["id"]
+    started = client.post(f"/pipelines/{pipeline_id}/start")
+    assert started.status_code == 202, started.text
+    status = _wait(client, pipeline_id)
+    log = (output_dir / "_api" / f"{started.json()['run_id']}.log").read_text()
+    assert status["status"] == "succeeded", log
+    return {"pipeline_id": pipeline_id, "run_id": started.json()["run_id"]}
+
+
+def test_validation_errors_name_the_field(client: TestClient) -> None:
+    bad_template = client.post("/pipelines", json={"name": "a", "template": "no_such_template"})
+    assert bad_template.status_code == 422
+    assert bad_template.json()["detail"][0]["loc"] == ["body", "template"]
+    bad_param = client.post("/pipelines", json={"name": "b", "template": "quickstart", "params": {"nope": 1}})
+    assert bad_param.status_code == 422
+    assert bad_param.json()["detail"][0]["loc"] == ["body", "params", "nope"]
+    missing = client.post("/pipelines", json={"template": "quickstart"})
+    assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "name"]
+    assert "description" in client.get("/openapi.json").json()["components"]["schemas"]["PipelineIn"]["properties"][
+        "params"]
+
+
+def test_unknown_pipeline_and_run_are_404(client: TestClient) -> None:
+    assert client.get("/pipelines/nope").status_code == 404
+    assert client.post("/pipelines/nope/start").status_code == 404
+    assert client.get("/pipelines/nope/status").status_code == 404
+    assert client.get("/runs/20000101T000000Z-000000").status_code == 404
+    assert client.get("/runs/..").status_code == 404
+
+
+def test_quickstart_runs_and_reports(client: TestClient, output_dir: Path, finished: dict[str, Any]) -> None:
+    run = client.get(f"/runs/{finished['run_id']}")
+    assert run.status_code == 200
+    body = run.json()
+    summary = json.loads((output_dir / finished["run_id"] / "summary.json").read_text())
+    assert body["status"] == "succeeded"
+    assert body["steps"] == summary["steps"] and body["steps"]["orders"]["records_out"] > 0
+    assert body["dead_letters"] == summary["totals"]["dead_letters"]
+    assert body["ledger"]["status"] == "succeeded" and body["ledger"]["run_id"] == finished["run_id"]
+    assert body["lineage_events"] >= 1
+    assert [p["id"] for p in client.get("/pipelines").json()] == [finished["pipeline_id"]]
+    assert client.get(f"/pipelines/{finished['pipeline_id']}").json()["name"] == "qs"
+    metrics = client.get("/metrics").text
+    assert "beam_etl_api_pipelines_registered 1" in metrics
+    assert 'beam_etl_api_runs{status="succeeded"} 1' in metrics
+
+
+def test_stop_terminates_the_run(client: TestClient, finished: dict[str, Any]) -> None:
+    pipeline_id = client.post("/pipelines", json={"name": "to_stop", "template": "quickstart"}).json()["id"]
+    started = client.post(f"/pipelines/{pipeline_id}/start").json()
+    assert client.post(f"/pipelines/{pipeline_id}/start").status_code == 409  # one run at a time
+    stopped = client.post(f"/pipelines/{pipeline_id}/stop")
+    assert stopped.status_code == 200, stopped.text
+    assert stopped.json()["status"] == "stopped"
+    assert not psutil.pid_exists(started["pid"])
+    assert client.get(f"/pipelines/{pipeline_id}/status").json()["status"] == "stopped"
+    assert client.post(f"/pipelines/{pipeline_id}/stop").status_code == 409
+
+
+def test_restart_keeps_pipelines_and_runs(output_dir: Path, finished: dict[str, Any]) -> None:
+    again = TestClient(create_app(str(output_dir)))
+    names = {p["name"]: p["id"] for p in again.get("/pipelines").json()}
+    assert names["qs"] == finished["pipeline_id"]
+    status = again.get(f"/pipelines/{finished['pipeline_id']}/status").json()
+    assert status["status"] == "succeeded" and status["run_id"] == finished["run_id"]
+    assert again.get(f"/pipelines/{names['to_stop']}/status").json()["status"] == "stopped"
+    # a run whose process vanished without a ledger outcome shows as lost
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    sup = again.app.state.supervisor
+    sup.store.add_run("29991231T235959Z-lost00", names["qs"], gone.pid)
+    assert again.get(f"/pipelines/{names['qs']}/status").json()["status"] == "lost"
