@@ -113,3 +113,65 @@ def test_restart_keeps_pipelines_and_runs(output_dir: Path, finished: dict[str, 
     sup = again.app.state.supervisor
     sup.store.add_run("29991231T235959Z-lost00", names["qs"], gone.pid)
     assert again.get(f"/pipelines/{names['qs']}/status").json()["status"] == "lost"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(output_dir: Path, port: int) -> subprocess.Popen:
+    """``python -m beam_etl.api`` as its own process; returns once it answers."""
+    import sys
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "beam_etl.api", "--port", str(port), "--output-dir",
+                             str(output_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/pipelines", timeout=1).read()
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise AssertionError("the API did not start within 60 s")
+
+
+def test_killing_and_restarting_the_api_during_a_run_loses_no_run_record(tmp_path: Path) -> None:
+    import urllib.request
+
+    def call(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    port = _free_port()
+    api = _serve(tmp_path, port)
+    try:
+        pipeline_id = call(port, "POST", "/pipelines", {"name": "qs", "template": "quickstart"})["id"]
+        run_id = call(port, "POST", f"/pipelines/{pipeline_id}/start")["run_id"]
+    finally:
+        api.kill()  # SIGKILL while the run is going: no shutdown hook runs
+        api.wait(timeout=30)
+    port = _free_port()
+    api = _serve(tmp_path, port)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        status = call(port, "GET", f"/pipelines/{pipeline_id}/status")
+        assert status["run_id"] == run_id  # the restarted API knows the run at once
+        while status["status"] in ("starting", "running") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = call(port, "GET", f"/pipelines/{pipeline_id}/status")
+        assert status["status"] == "succeeded", status
+        run = call(port, "GET", f"/runs/{run_id}")
+        assert run["totals"]["records_read"] == 3269 and run["ledger"]["status"] == "succeeded"
+    finally:
+        api.kill()
+        api.wait(timeout=30)
