@@ -82,6 +82,18 @@ def concat_batches(batches: Iterable[pa.RecordBatch]) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
+def canonical_rows(table: pa.Table) -> pa.Table:
+    """``table`` sorted by its flat columns in schema order: the same rows give the same order on every
+    runner, whatever order the bundles arrived in (unsortable column types leave the table as it is)."""
+    keys = [(f.name, "ascending") for f in table.schema if not pa.types.is_nested(f.type)]
+    if not keys:
+        return table
+    try:
+        return table.sort_by(keys)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        return table
+
+
 def split_batch(batch: pa.RecordBatch, max_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
     """Yields zero-copy slices of at most ``max_rows`` rows."""
     for start in range(0, batch.num_rows, max_rows):

@@ -33,8 +33,10 @@ sys.path.insert(0, str(ROOT))
 from beam_etl.ml._semantic_synth import EVAL_LOCALES, LABELS, SynthColumn, generate_columns  # noqa: E402
 from beam_etl.ml.semantic import MODEL_PATH, detect_semantic_type, load_model  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from run_benchmarks import merge_section  # noqa: E402
+
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
-START, END = "<!-- bench:semantic start -->", "<!-- bench:semantic end -->"
 NOISE_LEVELS = (0.0, 0.5, 1.0)
 SEEDS = (303, 404)
 DEV_SEEDS = (101, 202)
@@ -131,17 +133,6 @@ def _fmt(counts: Counter[str]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in counts.most_common(4)) or "nothing"
 
 
-def write_section(body: str, path: Path = BENCHMARKS_MD) -> None:
-    """Replace (or append) the section between the semantic markers, leaving the rest of the file alone."""
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    section = f"{START}\n{body.rstrip()}\n{END}"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per-label", type=int, default=6, help="columns per (seed, noise, locale, label)")
@@ -156,7 +147,7 @@ def main() -> int:
     body = report(columns, preds, named, seconds, args.per_label, seeds, time.perf_counter() - t0)
     print(body)
     if args.write:
-        write_section(body)
+        merge_section(BENCHMARKS_MD, "semantic", body)
         print(f"updated {BENCHMARKS_MD.relative_to(ROOT)}")
     return 0
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from beam_etl.ml._fuzzy_scoring import Encoder
 from beam_etl.ml.embeddings import SentenceEncoder, top_k_neighbours
@@ -56,9 +58,10 @@ class EmbeddingMatch:
 
 
 def record_texts(strings: dict[str, np.ndarray], fields: tuple[str, ...]) -> np.ndarray:
-    """One text per row: the normalised ``fields`` joined by spaces (empty values skipped)."""
-    cols = [strings[f] for f in fields]
-    return np.array([" ".join(v for v in vals if v) for vals in zip(*cols, strict=True)], dtype=object)
+    """One text per row: the normalised ``fields`` joined by spaces (empty values skipped), in Arrow."""
+    cols = [pc.if_else(pc.equal(arr := pa.array(strings[f], pa.string()), ""), None, arr) for f in fields]
+    joined = pc.binary_join_element_wise(*cols, " ", null_handling="skip")
+    return np.asarray(joined.fill_null("").to_numpy(zero_copy_only=False), dtype=object)
 
 
 def encode_rows(texts: np.ndarray, rows: np.ndarray, encoder: Encoder) -> np.ndarray:

@@ -37,7 +37,7 @@ from apache_beam.transforms.window import GlobalWindows
 from pydantic import Field, model_validator
 
 from beam_etl import registry
-from beam_etl.batch import batch_nbytes, row_as_record
+from beam_etl.batch import batch_nbytes, canonical_rows, row_as_record
 from beam_etl.ml.anomaly import DETECTORS, AnomalyConfig, AnomalyConfigError, AnomalyModel
 from beam_etl.ops.context import get_run_context
 from beam_etl.ops.dlq import DLQ_TAG, dead_letter
@@ -110,25 +110,13 @@ class FitSampleCombineFn(beam.CombineFn):
         return parts[0][1] if parts else None
 
 
-def canonical_order(table: pa.Table) -> pa.Table:
-    """Sorts the sample by its flat columns, so the fit (the forest depends on row order) does not
-    depend on bundle order: the same sample gives the same model on every runner."""
-    keys = [(f.name, "ascending") for f in table.schema if not pa.types.is_nested(f.type)]
-    if not keys:
-        return table
-    try:
-        return table.sort_by(keys)
-    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
-        return table
-
-
 def fit_model(sample: pa.Table | None, config: AnomalyConfig, step: str) -> AnomalyModel | None:
     """Fits the model on the sample (None for an empty input); a config that cannot fit fails the run."""
     if sample is None or sample.num_rows == 0:
         return None
     Metrics.counter(MODEL_METRICS_NAMESPACE, f"{step}.model_fits").inc()
     try:
-        return AnomalyModel(config).fit(canonical_order(sample))
+        return AnomalyModel(config).fit(canonical_rows(sample))  # the forest depends on row order
     except AnomalyConfigError as exc:
         raise AnomalyConfigError(f"AnomalyDetector step {step!r}: {exc}") from exc
 

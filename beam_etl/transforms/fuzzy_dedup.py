@@ -37,7 +37,7 @@ from apache_beam.metrics import Metrics
 from pydantic import Field, model_validator
 
 from beam_etl import registry
-from beam_etl.batch import batch_nbytes, concat_batches, concat_to_batch, table_to_batches
+from beam_etl.batch import batch_nbytes, canonical_rows, concat_batches, concat_to_batch, table_to_batches
 from beam_etl.ml.embeddings import DEFAULT_BATCH_SIZE, SentenceEncoder
 from beam_etl.ml.fuzzy import (
     CLUSTER_COLUMN,
@@ -68,17 +68,6 @@ def _order_key(batch: pa.RecordBatch) -> tuple[str, int]:
     except ValueError:
         first = -1
     return meta.get(SOURCE_KEY, b"").decode(), first
-
-
-def canonical_rows(table: pa.Table) -> pa.Table:
-    """``table`` sorted by its flat columns in schema order: one order for the same rows on every runner."""
-    keys = [(f.name, "ascending") for f in table.schema if not pa.types.is_nested(f.type)]
-    if not keys:
-        return table
-    try:
-        return table.sort_by(keys)
-    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
-        return table
 
 
 def gather_table(batches: Sequence[pa.RecordBatch]) -> pa.Table:
