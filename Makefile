@@ -11,6 +11,7 @@ export HF_HUB_OFFLINE := 1
 install:  ## install pinned dependencies and beam_etl itself (editable)
 	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
 	$(PIP) install -q --no-deps -e .
+	bash scripts/install_chromium.sh  # Debian's chromium for the dashboard's browser test (apt-get, when missing)
 
 runners: install  ## build Prism from Beam's Go module (cached in ~/.cache/beam_etl/runners)
 	bash scripts/runners.sh prism
@@ -75,3 +76,11 @@ services-status:
 
 clean:
 	rm -rf beam_etl_output build dist *.egg-info
+
+.PHONY: test-isolation-mutants
+test-isolation-mutants: install  ## disables each tenant-isolation / role check of the API in turn; the tenancy tests must fail
+	$(PYTHON) scripts/check_isolation_mutants.py
+
+.PHONY: deploy-check
+deploy-check:  ## deployment code: checkov (Terraform, workflows), actionlint + shellcheck, terraform fmt/validate (docs/deploy.md)
+	PYTHON=$(PYTHON) bash scripts/deploy_checks.sh check

@@ -22,6 +22,7 @@ setup(
     packages=[*find_packages(include=["beam_etl", "beam_etl.*"]), "beam_etl.templates"],
     package_dir={"beam_etl.templates": "templates"},
     package_data={"beam_etl": ["data/*.csv", "data/*.md", "ml/data/*.txt", "ml/models/*.npz"],
+                  "beam_etl.api": ["static/*.html", "static/*.js", "static/*.css"],
                   "beam_etl.templates": ["*.yaml"]},
     include_package_data=True,
     install_requires=_requirements(),

@@ -336,7 +336,8 @@ def cmd_replay(args: argparse.Namespace, beam_args: list[str]) -> int:
     if schema:
         config["schema"] = schema
     override = (into, {"type": "ReadFromDlq", "config": config})
-    return run_template(str(template_path), list(args.set), beam_args, override, output_dir=args.output_dir)
+    return run_template(str(template_path), list(args.set), beam_args, override, output_dir=args.output_dir,
+                        run_id=args.run_id, quiet=args.quiet, state_url=args.state)
 
 
 # --------------------------------------------------------------------------------------
@@ -404,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_replay.add_argument("--dry-run", action="store_true", help="print what would be replayed; run nothing")
     p_replay.add_argument("--output-dir", default=None,
                           help="folder for the replay run's <run_id>/ (default: as for python -m beam_etl.run)")
+    p_replay.add_argument("--run-id", default=None, help="the replay run's id (default: a new one)")
+    p_replay.add_argument("--state", default=None, metavar="URL",
+                          help="state store for the run ledger and incremental state, as for python -m beam_etl.run")
+    p_replay.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 

@@ -12,6 +12,7 @@ import psutil
 import pytest
 from fastapi.testclient import TestClient
 
+from beam_etl.api.__main__ import admin_main
 from beam_etl.api.app import create_app
 
 RUN_TIMEOUT_S = 120
@@ -22,9 +23,29 @@ def output_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("api")
 
 
+def make_tenant(output_dir: Path, name: str, *flags: str) -> dict[str, Any]:
+    """``python -m beam_etl.api tenants create NAME`` in-process; its JSON (with the admin key)."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert admin_main(["tenants", "create", name, "--output-dir", str(output_dir), *flags]) == 0
+    return json.loads(out.getvalue())
+
+
 @pytest.fixture(scope="module")
-def client(output_dir: Path) -> TestClient:
-    return TestClient(create_app(str(output_dir)))
+def tenant(output_dir: Path) -> dict[str, Any]:
+    return make_tenant(output_dir, "acme")
+
+
+@pytest.fixture(scope="module")
+def client(output_dir: Path, tenant: dict[str, Any]) -> TestClient:
+    return TestClient(create_app(str(output_dir)), headers={"X-API-Key": tenant["api_key"]})
+
+
+def run_folder(output_dir: Path, tenant: dict[str, Any], run_id: str) -> Path:
+    return output_dir / "tenants" / tenant["tenant_id"] / run_id
 
 
 def _wait(client: TestClient, pipeline_id: str, timeout: float = RUN_TIMEOUT_S) -> dict[str, Any]:
@@ -37,7 +58,7 @@ def _wait(client: TestClient, pipeline_id: str, timeout: float = RUN_TIMEOUT_S) 
 
 
 @pytest.fixture(scope="module")
-def finished(client: TestClient, output_dir: Path) -> dict[str, Any]:
+def finished(client: TestClient, output_dir: Path, tenant: dict[str, Any]) -> dict[str, Any]:
     """The quickstart registered, started and run to the end once for the module."""
     created = client.post("/pipelines", json={"name": "qs", "template": "quickstart"})
     assert created.status_code == 201, created.text
@@ -45,7 +66,7 @@ def finished(client: TestClient, output_dir: Path) -> dict[str, Any]:
     started = client.post(f"/pipelines/{pipeline_id}/start")
     assert started.status_code == 202, started.text
     status = _wait(client, pipeline_id)
-    log = (output_dir / "_api" / f"{started.json()['run_id']}.log").read_text()
+    log = client.get(f"/runs/{started.json()['run_id']}/logs").text
     assert status["status"] == "succeeded", log
     return {"pipeline_id": pipeline_id, "run_id": started.json()["run_id"]}
 
@@ -71,11 +92,12 @@ def test_unknown_pipeline_and_run_are_404(client: TestClient) -> None:
     assert client.get("/runs/..").status_code == 404
 
 
-def test_quickstart_runs_and_reports(client: TestClient, output_dir: Path, finished: dict[str, Any]) -> None:
+def test_quickstart_runs_and_reports(client: TestClient, output_dir: Path, tenant: dict[str, Any],
+                                     finished: dict[str, Any]) -> None:
     run = client.get(f"/runs/{finished['run_id']}")
     assert run.status_code == 200
     body = run.json()
-    summary = json.loads((output_dir / finished["run_id"] / "summary.json").read_text())
+    summary = json.loads((run_folder(output_dir, tenant, finished["run_id"]) / "summary.json").read_text())
     assert body["status"] == "succeeded"
     assert body["steps"] == summary["steps"] and body["steps"]["orders"]["records_out"] > 0
     assert body["dead_letters"] == summary["totals"]["dead_letters"]
@@ -84,8 +106,8 @@ def test_quickstart_runs_and_reports(client: TestClient, output_dir: Path, finis
     assert [p["id"] for p in client.get("/pipelines").json()] == [finished["pipeline_id"]]
     assert client.get(f"/pipelines/{finished['pipeline_id']}").json()["name"] == "qs"
     metrics = client.get("/metrics").text
-    assert "beam_etl_api_pipelines_registered 1" in metrics
-    assert 'beam_etl_api_runs{status="succeeded"} 1' in metrics
+    assert 'beam_etl_api_pipelines_registered{tenant="acme"} 1' in metrics
+    assert 'beam_etl_api_runs{tenant="acme",status="succeeded"} 1' in metrics
 
 
 def test_stop_terminates_the_run(client: TestClient, finished: dict[str, Any]) -> None:
@@ -100,8 +122,8 @@ def test_stop_terminates_the_run(client: TestClient, finished: dict[str, Any]) -
     assert client.post(f"/pipelines/{pipeline_id}/stop").status_code == 409
 
 
-def test_restart_keeps_pipelines_and_runs(output_dir: Path, finished: dict[str, Any]) -> None:
-    again = TestClient(create_app(str(output_dir)))
+def test_restart_keeps_pipelines_and_runs(output_dir: Path, tenant: dict[str, Any], finished: dict[str, Any]) -> None:
+    again = TestClient(create_app(str(output_dir)), headers={"X-API-Key": tenant["api_key"]})
     names = {p["name"]: p["id"] for p in again.get("/pipelines").json()}
     assert names["qs"] == finished["pipeline_id"]
     status = again.get(f"/pipelines/{finished['pipeline_id']}/status").json()
@@ -111,7 +133,8 @@ def test_restart_keeps_pipelines_and_runs(output_dir: Path, finished: dict[str, 
     gone = subprocess.Popen(["true"])
     gone.wait()
     sup = again.app.state.supervisor
-    sup.store.add_run("29991231T235959Z-lost00", names["qs"], gone.pid)
+    sup.store.add_run({"run_id": "29991231T235959Z-lost00", "pipeline_id": names["qs"],
+                       "tenant_id": tenant["tenant_id"], "pid": gone.pid})
     assert again.get(f"/pipelines/{names['qs']}/status").json()["status"] == "lost"
 
 
@@ -134,7 +157,7 @@ def _serve(output_dir: Path, port: int) -> subprocess.Popen:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/pipelines", timeout=1).read()
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
             return proc
         except OSError:
             time.sleep(0.3)
@@ -145,10 +168,12 @@ def _serve(output_dir: Path, port: int) -> subprocess.Popen:
 def test_killing_and_restarting_the_api_during_a_run_loses_no_run_record(tmp_path: Path) -> None:
     import urllib.request
 
+    key = make_tenant(tmp_path, "acme")["api_key"]
+
     def call(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json", "X-API-Key": key})
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
