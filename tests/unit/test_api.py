@@ -48,7 +48,8 @@ def run_folder(output_dir: Path, tenant: dict[str, Any], run_id: str) -> Path:
     return output_dir / "tenants" / tenant["tenant_id"] / run_id
 
 
-def _wait(client: TestClient, pipeline_id: str, timeout: float = RUN_TIMEOUT_S) -> dict[str, Any]:
+def wait_for_status(client: TestClient, pipeline_id: str, timeout: float = RUN_TIMEOUT_S) -> dict[str, Any]:
+    """Polls the pipeline's status until its latest run is neither starting nor running (or ``timeout``)."""
     deadline = time.monotonic() + timeout
     while True:
         status = client.get(f"/pipelines/{pipeline_id}/status").json()
@@ -65,7 +66,7 @@ def finished(client: TestClient, output_dir: Path, tenant: dict[str, Any]) -> di
     pipeline_id = created.json()["id"]
     started = client.post(f"/pipelines/{pipeline_id}/start")
     assert started.status_code == 202, started.text
-    status = _wait(client, pipeline_id)
+    status = wait_for_status(client, pipeline_id)
     log = client.get(f"/runs/{started.json()['run_id']}/logs").text
     assert status["status"] == "succeeded", log
     return {"pipeline_id": pipeline_id, "run_id": started.json()["run_id"]}

@@ -8,7 +8,6 @@ disables each one in turn and shows this module then fails (``make test-isolatio
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,8 @@ from fastapi.testclient import TestClient
 from beam_etl.api.app import create_app
 from beam_etl.api.store import KEYS, SECRETS
 from tests.unit.test_api import make_tenant
+from tests.unit.test_api import wait_for_status as wait
 
-RUN_TIMEOUT_S = 120
 A_SECRET, B_SECRET = "acme-db-pass-7f3a91", "globex-db-pass-c02e44"
 UNKNOWN_RUN = "20000101T000000Z-000000"
 
@@ -59,15 +58,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"out": out, "app": app, "plain": plain, "tenants": {"a": a, "b": b}, "launched": launched,
             "pipeline_id": pipeline.json()["id"], "run_id": run.json()["run_id"],
             "b_pipeline_id": b_pipeline.json()["id"], **clients}
-
-
-def wait(client: TestClient, pipeline_id: str, timeout: float = RUN_TIMEOUT_S) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = client.get(f"/pipelines/{pipeline_id}/status").json()
-        if status["status"] not in ("starting", "running") or time.monotonic() > deadline:
-            return status
-        time.sleep(0.3)
 
 
 def not_found_like_unknown(response: Any, kind: str, guessed: str) -> None:
