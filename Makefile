@@ -62,6 +62,10 @@ bench-tuner: install  ## the AutoTuner's recommendation vs the defaults on the b
 bench-observability: install runners  ## metrics endpoint overhead on the benchmark job (DirectRunner, Prism); writes BENCHMARKS.md
 	$(PYTHON) benchmarks/bench_observability.py --write-report
 
+.PHONY: bench-startup
+bench-startup: install  ## what the CLI's start-up handling and column pruning buy at 1M rows (each switched off); writes BENCHMARKS.md
+	$(PYTHON) benchmarks/bench_startup.py --write-report
+
 bench-quick: install  ## smoke-test the benchmark harness at 100k rows
 	$(PYTHON) benchmarks/run_benchmarks.py --quick
 

@@ -14,7 +14,7 @@ from typing import Any
 import apache_beam as beam
 from pydantic import BaseModel
 
-from beam_etl import registry
+from beam_etl import pruning, registry
 from beam_etl.ops import guarantees
 from beam_etl.ops.context import RunContext
 from beam_etl.ops.dlq import dead_letters_to_batch
@@ -86,8 +86,8 @@ def _unpack(result: Any, name: str) -> tuple[beam.PCollection, beam.PCollection 
     raise TypeError(f"transform {name!r} must return (output, dead_letters), got {type(result).__name__}")
 
 
-def describe_graph(spec: PipelineSpec) -> list[str]:
-    """One line per transform: ``name (Type) <- inputs``."""
+def describe_graph(spec: PipelineSpec, configs: dict[str, BaseModel] | None = None) -> list[str]:
+    """One line per transform: ``name (Type) <- inputs``; with ``configs``, the column pruning too."""
     lines = []
     for section, _, t in spec.transforms():
         arrow = f" <- {', '.join(t.inputs())}" if t.inputs() else ""
@@ -97,6 +97,8 @@ def describe_graph(spec: PipelineSpec) -> list[str]:
             arrow = f" <- {contract_step_name(t.name)}"
         lines.append(f"{section[:-1]:6} {t.name} ({t.type}){arrow}{routed}")
     lines.append(f"dlq    {spec.dlq.type} <- dead letters of every other transform")
+    if configs is not None:
+        lines.extend(pruning.describe(spec, configs))
     return lines
 
 
@@ -123,6 +125,7 @@ def build_pipeline(
     outputs: dict[str, beam.PCollection] = {}
     dead_letters: list[beam.PCollection] = []
     dlq_names: list[str] = []
+    pruned = pruning.source_columns(spec, configs)
     for section, index, t in spec.transforms():
         entry = registry.lookup(t.type)
         assert entry is not None, t.type  # validated by spec.validate_configs
@@ -139,6 +142,8 @@ def build_pipeline(
         except (ValueError, TypeError) as err:  # construction-time validation (paths, schemas, options)
             raise TemplateError(f"{section}[{index}] ({t.name}): {err}") from err
         main, dlq = _unpack(result, t.name)
+        if t.name in pruned:  # only the columns later transforms read go on (beam_etl/pruning.py)
+            main = main | f"{t.name}/PruneColumns" >> pruning.PruneColumns(pruned[t.name])
         outputs[t.name] = main
         if dlq is None:
             continue
@@ -158,4 +163,4 @@ def build_pipeline(
         outputs[DLQ_STEP] = written
         if lost is not None:
             _ = lost | "DeadLetters/FailIfLost" >> beam.ParDo(_FailOnLostDeadLetter())
-    return BuiltPipeline(outputs, dlq_names, describe_graph(spec))
+    return BuiltPipeline(outputs, dlq_names, describe_graph(spec, configs))

@@ -31,6 +31,7 @@ from beam_etl.io.dlq_source import (
     replayable_record,
 )
 from beam_etl.ops.dlq import ERROR_TYPES
+from beam_etl.ops.state import STATE_URL_ENV
 
 DEFAULT_ROOT = "beam_etl_output"
 RUN_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]+$")
@@ -406,8 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_replay.add_argument("--output-dir", default=None,
                           help="folder for the replay run's <run_id>/ (default: as for python -m beam_etl.run)")
     p_replay.add_argument("--run-id", default=None, help="the replay run's id (default: a new one)")
-    p_replay.add_argument("--state", default=None, metavar="URL",
-                          help="state store for the run ledger and incremental state, as for python -m beam_etl.run")
+    p_replay.add_argument("--state", default=os.environ.get(STATE_URL_ENV) or None, metavar="URL",
+                          help="state store for the run ledger and incremental state, as for python -m beam_etl.run "
+                               f"(default: ${STATE_URL_ENV})")
     p_replay.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 

@@ -18,22 +18,36 @@ from pydantic import BaseModel, ConfigDict
 from beam_etl.ops.context import RunContext
 
 KINDS = ("source", "step", "sink")
-_BUILTIN_MODULES = (
-    "beam_etl.io.files",
-    "beam_etl.io.sql",
-    "beam_etl.io.dlq_source",
-    "beam_etl.transforms.mapping",
-    "beam_etl.transforms.clean",
-    "beam_etl.transforms.quality",
-    "beam_etl.transforms.dedup",
-    "beam_etl.transforms.stream_dedup",
-    "beam_etl.transforms.fuzzy_dedup",
-    "beam_etl.transforms.aggregate",
-    "beam_etl.transforms.window",
-    "beam_etl.transforms.anomaly",
-    "beam_etl.transforms.contract",
-    "beam_etl.transforms.schema",
-)
+# Where each built-in type is registered. ``lookup`` imports only the module of the type it is
+# asked for, so a run imports the code its template names and nothing else (the fuzzy, anomaly
+# and database modules pull in scipy, scikit-learn and drivers). tests/unit/test_registry_table.py
+# checks this table against the decorators.
+_TYPE_MODULES: dict[str, str] = {
+    **dict.fromkeys(("ReadFromCsv", "ReadFromJson", "ReadFromJsonl", "ReadFromParquet", "ReadFromText",
+                     "WriteToCsv", "WriteToJson", "WriteToJsonl", "WriteToParquet"), "beam_etl.io.files"),
+    **dict.fromkeys(("ReadFromSqlite", "WriteToSqlite"), "beam_etl.io.sql"),
+    "ReadFromDlq": "beam_etl.io.dlq_source",
+    **dict.fromkeys(("Cast", "Filter", "MapBatches", "MapRecords", "Rename", "Select", "WithColumns"),
+                    "beam_etl.transforms.mapping"),
+    "NullRemover": "beam_etl.transforms.clean",
+    "QualityScorer": "beam_etl.transforms.quality",
+    "ExactDeduplicator": "beam_etl.transforms.dedup",
+    "StreamingDeduplicate": "beam_etl.transforms.stream_dedup",
+    "FuzzyDeduplicator": "beam_etl.transforms.fuzzy_dedup",
+    "GroupByAggregate": "beam_etl.transforms.aggregate",
+    "WindowAggregate": "beam_etl.transforms.window",
+    "AnomalyDetector": "beam_etl.transforms.anomaly",
+    "EnforceContract": "beam_etl.transforms.contract",
+    "InferSchema": "beam_etl.transforms.schema",
+    **dict.fromkeys(("ReadFromPostgres", "WriteToPostgres"), "beam_etl.io._sql_postgres"),
+    **dict.fromkeys(("ReadFromMySql", "WriteToMySql"), "beam_etl.io._sql_mysql"),
+    **dict.fromkeys(("ReadFromMongoDB", "WriteToMongoDB"), "beam_etl.io.mongodb"),
+    **dict.fromkeys(("ReadFromKafka", "WriteToKafka"), "beam_etl.io.kafka"),
+}
+# Modules ``load_builtins`` leaves out: database and broker drivers, imported only when named.
+_DRIVER_MODULES = frozenset({"beam_etl.io._sql_postgres", "beam_etl.io._sql_mysql", "beam_etl.io.mongodb",
+                             "beam_etl.io.kafka"})
+_BUILTIN_MODULES = tuple(dict.fromkeys(m for m in _TYPE_MODULES.values() if m not in _DRIVER_MODULES))
 
 
 class StrictConfig(BaseModel):
@@ -57,6 +71,22 @@ ConfigFlag = bool | Callable[[Any], bool]
 
 
 @dataclasses.dataclass(frozen=True)
+class ColumnUse:
+    """The input columns a transform reads, for column pruning (``beam_etl.pruning``).
+
+    ``columns`` are the fields the transform itself reads. ``passes_through`` says whether its
+    output carries the other input columns on unchanged (a filter, a dedup) or holds only
+    columns it computes from ``columns`` (an aggregation, a projection).
+    """
+
+    columns: frozenset[str]
+    passes_through: bool
+
+
+ColumnReads = Callable[[Any], ColumnUse | None] | None
+
+
+@dataclasses.dataclass(frozen=True)
 class Entry:
     kind: str
     name: str
@@ -67,6 +97,11 @@ class Entry:
     streaming: StreamingSupport = False
     regroups: ConfigFlag = False
     idempotent: ConfigFlag = False
+    reads: ColumnReads = None
+
+    def column_use(self, config: Any) -> ColumnUse | None:
+        """The columns this transform reads with ``config``; None when it may read any column."""
+        return self.reads(config) if self.reads is not None else None
 
     def features(self, config: Any) -> frozenset[str]:
         """Runner features this transform needs with ``config`` (see ``beam_etl.runners.capabilities``)."""
@@ -90,7 +125,7 @@ _TABLE: dict[str, Entry] = {}
 
 def register(kind: str, name: str, config_model: type[BaseModel], *, requires: Requirements = frozenset(),
              streaming: StreamingSupport = False, regroups: ConfigFlag = False,
-             idempotent: ConfigFlag = False) -> Callable[[Factory], Factory]:
+             idempotent: ConfigFlag = False, reads: ColumnReads = None) -> Callable[[Factory], Factory]:
     """Registers ``factory`` as the builder for ``type: name`` templates.
 
     ``requires`` names the runner features the transform needs (a set, or a function of its
@@ -98,7 +133,9 @@ def register(kind: str, name: str, config_model: type[BaseModel], *, requires: R
     unbounded input. The runner preflight
     reads both before anything is submitted. ``regroups`` (steps: a shuffle or keyed state) and
     ``idempotent`` (sinks: a rewrite of the same records changes nothing) decide whether an
-    exactly-once source may feed them (see ``beam_etl.ops.guarantees``).
+    exactly-once source may feed them (see ``beam_etl.ops.guarantees``). ``reads`` (steps: a
+    function of the config giving a ``ColumnUse``, or None when any column may be read) lets a
+    source drop the columns no later transform reads (see ``beam_etl.pruning``).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
@@ -108,38 +145,27 @@ def register(kind: str, name: str, config_model: type[BaseModel], *, requires: R
             raise ValueError(f"{kind} type {name!r} is registered twice")
         summary = (factory.__doc__ or config_model.__doc__ or "").strip().splitlines()
         _TABLE[name] = Entry(kind, name, factory, config_model, summary[0] if summary else "", requires, streaming,
-                             regroups, idempotent)
+                             regroups, idempotent, reads)
         return factory
 
     return decorate
 
 
-# Types whose modules are imported only when a template names them (database drivers and their code).
-_LAZY_TYPES = {
-    "ReadFromPostgres": "beam_etl.io._sql_postgres", "WriteToPostgres": "beam_etl.io._sql_postgres",
-    "ReadFromMySql": "beam_etl.io._sql_mysql", "WriteToMySql": "beam_etl.io._sql_mysql",
-    "ReadFromMongoDB": "beam_etl.io.mongodb", "WriteToMongoDB": "beam_etl.io.mongodb",
-    "ReadFromKafka": "beam_etl.io.kafka", "WriteToKafka": "beam_etl.io.kafka",
-}
-
-
 def load_builtins() -> None:
-    """Imports the modules whose decorators fill the table (the lazy ones stay until asked for)."""
+    """Imports the modules whose decorators fill the table (the driver modules stay until asked for)."""
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
 
 
 def lookup(name: str) -> Entry | None:
-    """Returns the entry for a ``type`` name, or None."""
-    load_builtins()
-    if name not in _TABLE and name in _LAZY_TYPES:
-        importlib.import_module(_LAZY_TYPES[name])
+    """Returns the entry for a ``type`` name, or None; imports only the module that registers it."""
+    if name not in _TABLE and name in _TYPE_MODULES:
+        importlib.import_module(_TYPE_MODULES[name])
     return _TABLE.get(name)
 
 
 def entries(kind: str | None = None) -> list[Entry]:
     """All registered entries, optionally of one kind, sorted by name."""
-    load_builtins()
-    for module in sorted(set(_LAZY_TYPES.values())):
+    for module in dict.fromkeys(_TYPE_MODULES.values()):
         importlib.import_module(module)
     return sorted((e for e in _TABLE.values() if kind in (None, e.kind)), key=lambda e: e.name)

@@ -6,6 +6,10 @@ Every flag this parser does not know passes through to Beam as a pipeline option
 
 from __future__ import annotations
 
+from beam_etl import _startup
+
+_IMPORTING = _startup.begin_imports(__name__)  # the collector pauses while a CLI run imports (_startup.py)
+
 import argparse
 import contextlib
 import json
@@ -18,7 +22,6 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_etl import registry
 from beam_etl.build import DLQ_STEP, build_pipeline, describe_graph
 from beam_etl.ops import ledger as run_ledger
 from beam_etl.ops import progress, prometheus
@@ -31,7 +34,7 @@ from beam_etl.ops.logging import settings as log_settings
 from beam_etl.ops.metrics import COUNTERS, summarise
 from beam_etl.ops.schema_registry import commit_pending_schemas, describe_schema_change
 from beam_etl.ops.secrets import redact
-from beam_etl.ops.state import STATE_FILE_NAME, StateError, commit_pending, describe_change
+from beam_etl.ops.state import STATE_FILE_NAME, STATE_URL_ENV, StateError, commit_pending, describe_change
 from beam_etl.runners import PreflightError, capability_table, preflight
 from beam_etl.runners.services import runner_services
 from beam_etl.spec import (
@@ -43,6 +46,8 @@ from beam_etl.spec import (
     load_document,
     resolve_template_path,
 )
+
+_startup.end_imports(_IMPORTING)
 
 DEFAULT_TEMPLATE = "quickstart"
 DEFAULT_OUTPUT_DIR = "beam_etl_output"
@@ -77,9 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="print only the final summary line")
     parser.add_argument("--full-refresh", action="store_true",
                         help="incremental sources read everything again; their saved cursors are replaced on success")
-    parser.add_argument("--state", default=None, metavar="URL",
-                        help="state store for incremental cursors: a SQLite path or postgresql://... "
-                             "(default: the template's state.url, else <output-dir>/beam_etl_state.sqlite)")
+    parser.add_argument("--state", default=os.environ.get(STATE_URL_ENV) or None, metavar="URL",
+                        help="state store for incremental cursors: a SQLite path or postgresql://... (default: "
+                             f"${STATE_URL_ENV}, else the template's state.url, else "
+                             "<output-dir>/beam_etl_state.sqlite); a URL with a password is better given in "
+                             f"${STATE_URL_ENV}, where other users' `ps` cannot see it")
     parser.add_argument("--skip-preflight", action="store_true",
                         help="submit without the runner preflight (features, job server, workers; docs/runners.md)")
     parser.add_argument("--list-runners", action="store_true",
@@ -221,7 +228,6 @@ def run_template(template: str, overrides: list[str] | None = None, beam_args: l
     root = Path(output_dir or os.environ.get("BEAM_ETL_OUTPUT_DIR", DEFAULT_OUTPUT_DIR))
     run_dir = (root / run_id).resolve()
     try:
-        registry.load_builtins()
         provisional = RunContext(pipeline="?", run_id=run_id, run_dir=str(run_dir))
         spec, configs, path = _load(template, overrides or [], provisional, source_override)
     except TemplateError as err:
@@ -242,7 +248,7 @@ def run_template(template: str, overrides: list[str] | None = None, beam_args: l
         args += report.added_args
     if validate_only:
         print(f"template {path} is valid: pipeline {spec.name!r}")
-        print("\n".join(describe_graph(spec)))
+        print("\n".join(describe_graph(spec, configs)))
         if report is not None:
             print(report.describe())
         return EXIT_OK

@@ -84,6 +84,14 @@ class StateSpec(_Strict):
                                                       "default <output dir>/beam_etl_state.sqlite")
 
 
+class OptimizeSpec(_Strict):
+    """How the pipeline may be rewritten for speed without changing its results (beam_etl.pruning)."""
+
+    prune_columns: bool = Field(
+        default=True, description="Sources pass on only the columns a later transform reads (after the source "
+                                  "has validated every column); false keeps every column to the end.")
+
+
 class PipelineSpec(_Strict):
     """A whole template."""
 
@@ -94,6 +102,7 @@ class PipelineSpec(_Strict):
     error_budget: ErrorBudget = Field(default_factory=ErrorBudget)
     dlq: DlqSpec = Field(default_factory=DlqSpec)
     state: StateSpec = Field(default_factory=StateSpec)
+    optimize: OptimizeSpec = Field(default_factory=OptimizeSpec)
     sources: list[TransformSpec] = Field(min_length=1)
     steps: list[TransformSpec] = Field(default_factory=list)
     sinks: list[TransformSpec] = Field(min_length=1)

@@ -5,16 +5,17 @@
 
 Same work as ``job_pyarrow.py`` and ``job_beam_naive.py`` (read CSV -> drop rows with a null
 in ``id``/``category``/``amount`` -> exact dedup on ``id`` -> group by ``category`` -> Parquet),
-over Arrow RecordBatches. Extra arguments are Beam pipeline options (default
-``--runner=DirectRunner``). Exits with status 3 and a one-line reason when
-``beam_etl.run.run_template`` is not there yet, so the harness can report it and go on.
+over Arrow RecordBatches, through the command line ``python -m beam_etl.run`` (run in this
+process as ``__main__``). Extra arguments are Beam pipeline options (default
+``--runner=DirectRunner``). Exits with status 3 and a one-line reason when ``beam_etl.run`` is
+not importable or the runner preflight refuses the runner, so the harness can report it and go on.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import inspect
+import runpy
 import sys
 import time
 from pathlib import Path
@@ -44,27 +45,26 @@ def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("beam_etl") is None or importlib.util.find_spec("beam_etl.run") is None:
         print("beam_etl: NOT AVAILABLE: module beam_etl.run does not exist yet (beam_etl/run.py)", file=sys.stderr)
         return NOT_AVAILABLE
-    import beam_etl.run as bench_run
-
-    run_template = getattr(bench_run, "run_template", None)
-    if run_template is None:
-        print("beam_etl: NOT AVAILABLE: beam_etl.run has no run_template(template_path, overrides, beam_args)",
-              file=sys.stderr)
-        return NOT_AVAILABLE
 
     Path(args.output).mkdir(parents=True, exist_ok=True)
-    overrides = [f"params.input={args.input}", f"params.output={args.output}", *args.overrides]
-    extra = {}
-    if "output_dir" in inspect.signature(run_template).parameters:
-        # run summary and dead letters go next to, not into, the folder the harness reads
-        extra["output_dir"] = args.run_dir or str(Path(args.output).resolve().parent / "beam_etl_runs")
+    run_dir = args.run_dir or str(Path(args.output).resolve().parent / "beam_etl_runs")
+    # Exactly what a user types: python -m beam_etl.run --template ... (run here as __main__,
+    # so the timed process is the command line's, start-up included).
+    cli = ["--template", args.template, "--set", f"params.input={args.input}",
+           "--set", f"params.output={args.output}", *(a for o in args.overrides for a in ("--set", o)),
+           "--output-dir", run_dir, *beam_args]  # run summary and dead letters next to, not in, the output
+    sys.argv = ["beam_etl.run", *cli]
     t0 = time.perf_counter()
-    rc = run_template(args.template, overrides, beam_args, **extra)
+    try:
+        runpy.run_module("beam_etl.run", run_name="__main__", alter_sys=True)
+        rc = 0
+    except SystemExit as done:
+        rc = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     print(f"beam_etl: rc={rc} in {time.perf_counter() - t0:.2f}s")
     if rc == REFUSED_BY_PREFLIGHT:
         print("beam_etl: NOT AVAILABLE: the runner preflight refused this runner here (reason above)", file=sys.stderr)
         return NOT_AVAILABLE
-    return int(rc or 0)
+    return rc
 
 
 if __name__ == "__main__":

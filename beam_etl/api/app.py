@@ -34,7 +34,7 @@ from beam_etl.api.pipelines import BeamOption, PipelineIn, run_command, validate
 from beam_etl.api.store import ApiStore, now
 from beam_etl.api.supervisor import ACTIVE, RUN_STATUSES, RunStatus, Supervisor, child_env, free_port
 from beam_etl.api.vault import Vault, VaultError
-from beam_etl.ops.state import STATE_FILE_NAME
+from beam_etl.ops.state import STATE_FILE_NAME, STATE_URL_ENV
 
 SECRET_NAME_PATTERN = r"^[A-Z][A-Z0-9_]{0,63}$"
 #: names of the tenant's own environment variables (the API's and Python's are reserved)
@@ -259,11 +259,12 @@ def create_app(output_dir: str, state_url: str | None = None, allow_template_pat
         tenant = store.tenant(who.tenant_id) or {"config": {}, "name": who.tenant}
         config = TenantConfig(**tenant["config"])
         run_id, port = new_run_id(), free_port()
-        args = run_command(pipeline, run_id=run_id, output_dir=tenant_root(who.tenant_id), state_url=state,
-                           metrics_port=port, default_options=config.default_options,
+        args = run_command(pipeline, run_id=run_id, output_dir=tenant_root(who.tenant_id), metrics_port=port,
+                           default_options=config.default_options,
                            replay=(str(tenant_root(who.tenant_id) / replay[0]), replay[1].step, replay[1].error_type)
                            if replay else None)
-        env = child_env({**config.env, **tenant_secrets(who), "BEAM_ETL_TENANT": tenant["name"]})
+        env = child_env({**config.env, **tenant_secrets(who), "BEAM_ETL_TENANT": tenant["name"],
+                         STATE_URL_ENV: state})  # last: a tenant's env cannot move the state store
         row = {"run_id": run_id, "pipeline_id": pipeline.id, "tenant_id": who.tenant_id, "metrics_port": port,
                "kind": "replay" if replay else "run", "replay_of": replay[0] if replay else None}
         pid = sup.start(args, log_path(row), env, row)

@@ -81,11 +81,15 @@ def validate_pipeline(body: PipelineIn, allow_paths: bool) -> None:
         raise _fail("params" if body.params else "template", str(err)) from None
 
 
-def run_command(pipeline: Registered, run_id: str, output_dir: Path, state_url: str, metrics_port: int,
+def run_command(pipeline: Registered, run_id: str, output_dir: Path, metrics_port: int,
                 default_options: list[str], replay: tuple[str, str | None, str | None] | None = None) -> list[str]:
-    """The arguments after ``python`` for a run, or for a DLQ replay of ``replay = (run_dir, step, error_type)``."""
+    """The arguments after ``python`` for a run, or for a DLQ replay of ``replay = (run_dir, step, error_type)``.
+
+    The state store URL (it may hold a password) is not among them: the run gets it in its
+    environment as ``BEAM_ETL_STATE_URL`` (``run_env``), out of sight of ``ps``.
+    """
     common = ["--template", pipeline.template, *set_args(pipeline.params), "--output-dir", str(output_dir),
-              "--state", state_url, "--run-id", run_id, "--quiet"]
+              "--run-id", run_id, "--quiet"]
     options = [*default_options, *pipeline.options]
     if replay is None:
         return ["-m", "beam_etl.run", *common, "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1",

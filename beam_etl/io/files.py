@@ -790,6 +790,8 @@ class _WriteShardDoFn(_WriteBundleDoFn):
 
 
 class _FinalizeDoFn(beam.DoFn):
+    """Runs once (on an impulse) with every written file's record as a side input: renames into place."""
+
     def __init__(self, fmt: FileFormat, layout: Layout, num_shards: int, schema_json: bool, step: str) -> None:
         self._fmt, self._layout, self._num_shards, self._schema_json, self._step = (
             fmt, layout, num_shards, schema_json, step)
@@ -800,8 +802,8 @@ class _FinalizeDoFn(beam.DoFn):
         if self.filesystems is not None:
             self.filesystems.ensure()
 
-    def process(self, records: list[dict[str, Any]]) -> Iterator[str]:
-        yield from finalize(records, self._fmt, self._layout, self._num_shards, self._schema_json, self._step)
+    def process(self, _impulse: bytes, records: Iterable[dict[str, Any]]) -> Iterator[str]:
+        yield from finalize(list(records), self._fmt, self._layout, self._num_shards, self._schema_json, self._step)
 
 
 class _CommitStreamedDoFn(beam.DoFn):
@@ -876,10 +878,12 @@ class _WriteFiles(beam.PTransform):
             unplaced = None
         finalizer = _FinalizeDoFn(self.fmt, self.layout, c.num_shards, c.schema_json_, self.step)
         finalizer.filesystems = filesystems
+        # One finalize after every file is written: an impulse with the files as a side input (a
+        # CombineGlobally/ToList would add two stages and a dozen transforms to every run).
         final = (
-            written.files
-            | "CollectFiles" >> beam.combiners.ToList()
-            | "Finalize" >> beam.ParDo(finalizer)
+            pcoll.pipeline
+            | "FinalizeOnce" >> beam.Impulse()
+            | "Finalize" >> beam.ParDo(finalizer, beam.pvalue.AsList(written.files))
         )
         if unplaced is not None:
             return final, (written[DLQ_TAG], unplaced) | "DeadLetters" >> beam.Flatten()

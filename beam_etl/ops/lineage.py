@@ -29,6 +29,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import glob
 import gzip
 import io
@@ -757,7 +758,13 @@ def _facet(kind: str, **fields: Any) -> dict[str, Any]:
     return {"_producer": PRODUCER, "_schemaURL": FACET_URLS[kind], **fields}
 
 
+@functools.cache
 def _version(package: str) -> str:
+    """The installed version (looked up once: a lookup scans site-packages, ~50 ms)."""
+    if package == "apache-beam":  # already imported by every run: no scan needed
+        from apache_beam.version import __version__ as beam_version
+
+        return beam_version
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:

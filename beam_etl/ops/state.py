@@ -41,6 +41,7 @@ from beam_etl.ops.context import get_run_context
 from beam_etl.ops.secrets import redact, register_secret
 
 STATE_FILE_NAME = "beam_etl_state.sqlite"
+STATE_URL_ENV = "BEAM_ETL_STATE_URL"  # the state store, for processes started with a secret-bearing URL
 PENDING_DIR = "_state/pending"
 _TABLE = "beam_etl_state"
 _HISTORY = "beam_etl_state_history"

@@ -692,7 +692,16 @@ class GroupByAggregateConfig(registry.StrictConfig):
         return self
 
 
-@registry.register("step", "GroupByAggregate", GroupByAggregateConfig, streaming=True, regroups=True)
+def _columns_read(config: GroupByAggregateConfig) -> registry.ColumnUse:
+    """The keys and every aggregation's field and order_by; the output holds only groups."""
+    specs = config.aggregations.values() if isinstance(config.aggregations, dict) else config.aggregations
+    keys = [config.keys] if isinstance(config.keys, str) else list(config.keys)
+    fields = [f for spec in specs for f in (spec.field, spec.order_by) if f]
+    return registry.ColumnUse(frozenset([*keys, *fields]), passes_through=False)
+
+
+@registry.register("step", "GroupByAggregate", GroupByAggregateConfig, streaming=True, regroups=True,
+                   reads=_columns_read)
 def build_group_by_aggregate(config: GroupByAggregateConfig, ctx: registry.BuildContext) -> GroupByAggregate:
     """Groups records by keys and computes aggregations per group (sum, avg, count, quantiles, ...)."""
     return GroupByAggregate(config.keys, config.aggregations, having=config.having, partitions=config.partitions,

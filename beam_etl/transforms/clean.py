@@ -574,8 +574,20 @@ def _per_batch_only(config: NullRemoverConfig) -> bool:
     return config.drop_columns is None and "drop_columns" not in modes and not global_fill
 
 
+def _columns_read(config: NullRemoverConfig) -> registry.ColumnUse | None:
+    """Only ``drop_rows`` over named fields reads a known set of columns; other actions read them all."""
+    modes = [config.mode] if isinstance(config.mode, str) else list(config.mode or [])
+    if modes not in ([], ["drop_rows"]) or config.drop_columns is not None or config.fill or config.fill_strategy:
+        return None
+    rows = config.drop_rows
+    fields = rows.fields if isinstance(rows, DropRowsConfig) else rows
+    if not isinstance(fields, list):
+        return None
+    return registry.ColumnUse(frozenset(fields), passes_through=True)
+
+
 @registry.register("step", "NullRemover", NullRemoverConfig, streaming=_per_batch_only,
-                   regroups=lambda c: not _per_batch_only(c))
+                   regroups=lambda c: not _per_batch_only(c), reads=_columns_read)
 def build_null_remover(config: NullRemoverConfig, ctx: registry.BuildContext) -> NullRemover:
     """Drop or fill nulls; drop mostly-null columns (global statistics, one extra pass)."""
     return NullRemover(**config.kwargs(), step=ctx.step_name)

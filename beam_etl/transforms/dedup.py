@@ -1014,7 +1014,15 @@ class ExactDeduplicatorConfig(registry.StrictConfig):
         "zstd", description="Compression of the shuffled Arrow data (zstd: smallest, lz4: fastest).")
 
 
-@registry.register("step", "ExactDeduplicator", ExactDeduplicatorConfig, regroups=True)
+def _columns_read(config: ExactDeduplicatorConfig) -> registry.ColumnUse | None:
+    """Keys (and order_by) when keys are named; whole-record dedup and best_quality read every column."""
+    if config.keys is None or config.keep == "best_quality":
+        return None
+    keys = [config.keys] if isinstance(config.keys, str) else list(config.keys)
+    return registry.ColumnUse(frozenset([*keys, *([config.order_by] if config.order_by else [])]), passes_through=True)
+
+
+@registry.register("step", "ExactDeduplicator", ExactDeduplicatorConfig, regroups=True, reads=_columns_read)
 def build_exact_deduplicator(config: ExactDeduplicatorConfig, ctx: registry.BuildContext) -> ExactDeduplicator:
     """Drops exact duplicates: keeps one record per (normalised) key."""
     return ExactDeduplicator(**config.model_dump(), step=ctx.step_name)

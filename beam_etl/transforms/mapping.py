@@ -1394,7 +1394,8 @@ class MapRecordsConfig(registry.StrictConfig):
         return value
 
 
-@registry.register("step", "Select", SelectConfig, streaming=True)
+@registry.register("step", "Select", SelectConfig, streaming=True,
+                   reads=lambda config: registry.ColumnUse(frozenset(config.fields), passes_through=False))
 def build_select(config: SelectConfig, ctx: registry.BuildContext) -> Select:
     """Keep only the listed columns, in that order."""
     return Select(config.fields, ignore_missing=config.ignore_missing, step=ctx.step_name)

@@ -114,6 +114,9 @@ def test_quickstart_runs_and_reports(client: TestClient, output_dir: Path, tenan
 def test_stop_terminates_the_run(client: TestClient, finished: dict[str, Any]) -> None:
     pipeline_id = client.post("/pipelines", json={"name": "to_stop", "template": "quickstart"}).json()["id"]
     started = client.post(f"/pipelines/{pipeline_id}/start").json()
+    process = psutil.Process(started["pid"])
+    state_url = process.environ()["BEAM_ETL_STATE_URL"]  # may hold a password: in the environment, not in argv
+    assert state_url.endswith("beam_etl_state.sqlite") and state_url not in " ".join(process.cmdline())
     assert client.post(f"/pipelines/{pipeline_id}/start").status_code == 409  # one run at a time
     stopped = client.post(f"/pipelines/{pipeline_id}/stop")
     assert stopped.status_code == 200, stopped.text
