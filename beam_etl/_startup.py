@@ -1,10 +1,10 @@
-"""Start-up of the command-line processes (``python -m beam_etl.run``, ``python -m beam_etl.dlq``).
+"""Start-up of the command line ``python -m beam_etl.run`` (runs started by the API included).
 
 A run imports about 2,400 modules (Beam with its GCP and AWS clients, pyarrow, pandas), which
 create a few million objects that live until the process ends. With the cyclic garbage collector
 on, CPython walks those objects again and again while they are being created, and once more
 when the interpreter shuts down: about 0.6 s of every run on a 2-core machine (BENCHMARKS.md,
-"start-up"). So when a module runs as a program, the collector is paused while it imports, and
+"Start-up and column pruning"). So when a module runs as a program, the collector is paused while it imports, and
 what the imports created is then moved to the permanent generation with ``gc.freeze()``. Objects
 made after that, by the pipeline, are collected as usual. Imported as a library, nothing changes.
 

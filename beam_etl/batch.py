@@ -64,6 +64,15 @@ beam.coders.registry.register_coder(pa.RecordBatch, ArrowBatchCoder)
 beam.coders.registry.register_coder(pa.Table, ArrowTableCoder)
 
 
+def with_metadata(new: pa.RecordBatch, like: pa.RecordBatch) -> pa.RecordBatch:
+    """Copies ``like``'s schema metadata (source tags) onto ``new``."""
+    if like.schema.metadata and new.schema.metadata != like.schema.metadata:
+        meta = dict(new.schema.metadata or {})
+        meta.update(like.schema.metadata)
+        return new.replace_schema_metadata(meta)
+    return new
+
+
 def concat_to_batch(table: pa.Table) -> pa.RecordBatch:
     """Returns the table's rows as one RecordBatch (copies only when chunked)."""
     table = table.combine_chunks()

@@ -8,7 +8,7 @@ transform's ``error_handling.output`` exposes them as ``<name>.<output>`` to oth
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import apache_beam as beam
@@ -86,8 +86,8 @@ def _unpack(result: Any, name: str) -> tuple[beam.PCollection, beam.PCollection 
     raise TypeError(f"transform {name!r} must return (output, dead_letters), got {type(result).__name__}")
 
 
-def describe_graph(spec: PipelineSpec, configs: dict[str, BaseModel] | None = None) -> list[str]:
-    """One line per transform: ``name (Type) <- inputs``; with ``configs``, the column pruning too."""
+def describe_graph(spec: PipelineSpec, pruned: Mapping[str, tuple[str, ...]] | None = None) -> list[str]:
+    """One line per transform: ``name (Type) <- inputs``; then the column pruning, when given."""
     lines = []
     for section, _, t in spec.transforms():
         arrow = f" <- {', '.join(t.inputs())}" if t.inputs() else ""
@@ -97,8 +97,8 @@ def describe_graph(spec: PipelineSpec, configs: dict[str, BaseModel] | None = No
             arrow = f" <- {contract_step_name(t.name)}"
         lines.append(f"{section[:-1]:6} {t.name} ({t.type}){arrow}{routed}")
     lines.append(f"dlq    {spec.dlq.type} <- dead letters of every other transform")
-    if configs is not None:
-        lines.extend(pruning.describe(spec, configs))
+    if pruned:
+        lines.extend(pruning.describe(pruned))
     return lines
 
 
@@ -163,4 +163,4 @@ def build_pipeline(
         outputs[DLQ_STEP] = written
         if lost is not None:
             _ = lost | "DeadLetters/FailIfLost" >> beam.ParDo(_FailOnLostDeadLetter())
-    return BuiltPipeline(outputs, dlq_names, describe_graph(spec, configs))
+    return BuiltPipeline(outputs, dlq_names, describe_graph(spec, pruned))

@@ -29,6 +29,7 @@ import apache_beam as beam
 import pyarrow as pa
 
 from beam_etl import registry
+from beam_etl.batch import with_metadata
 from beam_etl.spec import PipelineSpec
 
 INTERNAL_PREFIX = "__beam_etl"  # internal columns (never user data) are always kept
@@ -66,8 +67,7 @@ def source_columns(spec: PipelineSpec, configs: Mapping[str, Any]) -> dict[str, 
             if "." in ref:  # name.errors: the routed dead letters, not the main output
                 continue
             wanted[ref] = _union(wanted[ref], reads) if ref in wanted else reads
-    return {s.name: tuple(sorted(cols)) for s in spec.sources
-            if (cols := wanted.get(s.name)) is not None and s.name in wanted}
+    return {s.name: tuple(sorted(cols)) for s in spec.sources if (cols := wanted.get(s.name)) is not None}
 
 
 def project(batch: pa.RecordBatch, keep: frozenset[str]) -> pa.RecordBatch:
@@ -78,10 +78,7 @@ def project(batch: pa.RecordBatch, keep: frozenset[str]) -> pa.RecordBatch:
         indices = [0]
     if len(indices) == len(names):
         return batch
-    projected = batch.select(indices)
-    if batch.schema.metadata:
-        projected = projected.replace_schema_metadata(batch.schema.metadata)
-    return projected
+    return with_metadata(batch.select(indices), batch)
 
 
 class PruneColumns(beam.PTransform):
@@ -98,7 +95,7 @@ class PruneColumns(beam.PTransform):
         return pcoll | "Project" >> beam.Map(project, self.columns).with_output_types(pa.RecordBatch)
 
 
-def describe(spec: PipelineSpec, configs: Mapping[str, Any]) -> list[str]:
-    """One line per pruned source, for ``--validate``."""
+def describe(pruned: Mapping[str, tuple[str, ...]]) -> list[str]:
+    """One line per pruned source (``source_columns``' result), for ``--validate``."""
     return [f"prune  {name} passes on only {list(cols)} (the columns later transforms read; "
-            "optimize.prune_columns: false keeps all)" for name, cols in source_columns(spec, configs).items()]
+            "optimize.prune_columns: false keeps all)" for name, cols in pruned.items()]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import apache_beam as beam
@@ -84,6 +84,11 @@ class ColumnUse:
 
 
 ColumnReads = Callable[[Any], ColumnUse | None] | None
+
+
+def name_list(value: str | Iterable[str] | None) -> list[str]:
+    """A config field that takes one name or a list of names, as a list."""
+    return [value] if isinstance(value, str) else list(value or [])
 
 
 @dataclasses.dataclass(frozen=True)

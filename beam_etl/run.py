@@ -22,6 +22,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_etl import pruning
 from beam_etl.build import DLQ_STEP, build_pipeline, describe_graph
 from beam_etl.ops import ledger as run_ledger
 from beam_etl.ops import progress, prometheus
@@ -248,7 +249,7 @@ def run_template(template: str, overrides: list[str] | None = None, beam_args: l
         args += report.added_args
     if validate_only:
         print(f"template {path} is valid: pipeline {spec.name!r}")
-        print("\n".join(describe_graph(spec, configs)))
+        print("\n".join(describe_graph(spec, pruning.source_columns(spec, configs))))
         if report is not None:
             print(report.describe())
         return EXIT_OK

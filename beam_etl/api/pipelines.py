@@ -86,7 +86,7 @@ def run_command(pipeline: Registered, run_id: str, output_dir: Path, metrics_por
     """The arguments after ``python`` for a run, or for a DLQ replay of ``replay = (run_dir, step, error_type)``.
 
     The state store URL (it may hold a password) is not among them: the run gets it in its
-    environment as ``BEAM_ETL_STATE_URL`` (``run_env``), out of sight of ``ps``.
+    environment as ``BEAM_ETL_STATE_URL`` (set by the caller, ``app.launch``), out of sight of ``ps``.
     """
     common = ["--template", pipeline.template, *set_args(pipeline.params), "--output-dir", str(output_dir),
               "--run-id", run_id, "--quiet"]

@@ -695,9 +695,8 @@ class GroupByAggregateConfig(registry.StrictConfig):
 def _columns_read(config: GroupByAggregateConfig) -> registry.ColumnUse:
     """The keys and every aggregation's field and order_by; the output holds only groups."""
     specs = config.aggregations.values() if isinstance(config.aggregations, dict) else config.aggregations
-    keys = [config.keys] if isinstance(config.keys, str) else list(config.keys)
     fields = [f for spec in specs for f in (spec.field, spec.order_by) if f]
-    return registry.ColumnUse(frozenset([*keys, *fields]), passes_through=False)
+    return registry.ColumnUse(frozenset([*registry.name_list(config.keys), *fields]), passes_through=False)
 
 
 @registry.register("step", "GroupByAggregate", GroupByAggregateConfig, streaming=True, regroups=True,

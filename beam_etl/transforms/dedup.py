@@ -1018,8 +1018,8 @@ def _columns_read(config: ExactDeduplicatorConfig) -> registry.ColumnUse | None:
     """Keys (and order_by) when keys are named; whole-record dedup and best_quality read every column."""
     if config.keys is None or config.keep == "best_quality":
         return None
-    keys = [config.keys] if isinstance(config.keys, str) else list(config.keys)
-    return registry.ColumnUse(frozenset([*keys, *([config.order_by] if config.order_by else [])]), passes_through=True)
+    order_by = [config.order_by] if config.order_by else []
+    return registry.ColumnUse(frozenset([*registry.name_list(config.keys), *order_by]), passes_through=True)
 
 
 @registry.register("step", "ExactDeduplicator", ExactDeduplicatorConfig, regroups=True, reads=_columns_read)

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator, model_validator
 
 from beam_etl import registry
-from beam_etl.batch import concat_to_batch
+from beam_etl.batch import concat_to_batch, with_metadata
 from beam_etl.ops.context import RunContext, get_run_context
 from beam_etl.ops.dlq import dead_letter
 from beam_etl.transforms.base import BatchFn, BatchResult, BatchStep, RecordError, batch_source, classify_error
@@ -85,15 +85,6 @@ def missing_message(step_type: str, missing: Sequence[str], batch: pa.RecordBatc
     names = ", ".join(repr(m) for m in missing)
     columns = ", ".join(batch.schema.names) or "none"
     return f"{step_type}: {noun} {names} {verb} missing from the input (columns: {columns})"
-
-
-def with_metadata(new: pa.RecordBatch, like: pa.RecordBatch) -> pa.RecordBatch:
-    """Copies ``like``'s schema metadata (source tags) onto ``new``."""
-    if like.schema.metadata and new.schema.metadata != like.schema.metadata:
-        meta = dict(new.schema.metadata or {})
-        meta.update(like.schema.metadata)
-        return new.replace_schema_metadata(meta)
-    return new
 
 
 def set_column(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.RecordBatch:
